@@ -1,0 +1,1 @@
+"""Exact TracIn influence for PyKEEN knowledge-graph embedding models, on Lightning."""

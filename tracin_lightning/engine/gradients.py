@@ -1,0 +1,348 @@
+"""Per-sample gradients of a triple loss in reduced form, with ``torch.func`` (vmap over grad).
+
+The trick (``ENGINE.md``): instead of differentiating with respect to a whole embedding table or a
+big linear weight, a zero *probe* is added to the output of every ``nn.Embedding`` lookup and every
+``nn.Linear`` call, and the gradient is taken with respect to the probes. The gradient at an
+embedding lookup's output *is* the gradient with respect to the looked-up rows; the gradient at a
+linear layer's output, with the layer's input (returned as an auxiliary output), factors the weight
+gradient exactly. All other selected parameters are differentiated densely.
+
+A plan decides which path each parameter takes; it is checked once against plain autograd on one
+triple, and any parameter whose reduced gradient does not reproduce the autograd gradient (for
+example an embedding table that the model also reads directly, as 1-N scoring does) is moved to the
+dense path, so every path stays exact.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from .structure import LinearGradients, RowGradients, SampleGradients
+
+__all__ = ["GradientPlan", "PerSampleGradients", "select_parameters"]
+
+logger = logging.getLogger(__name__)
+
+#: A layer seen at more positions than this per sample is cheaper to differentiate densely.
+MAX_FACTORED_POSITIONS = 64
+#: Tables larger than this (elements) skip the one-off autograd check of the plan (memory).
+MAX_VERIFIED_NUMEL = 50_000_000
+
+
+def select_parameters(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
+    """Names of the trainable parameters of ``model`` matched by any fnmatch pattern.
+
+    Args:
+        model: the KGE model.
+        patterns: e.g. ``["interaction.hr1d.*"]``; ``None`` selects every trainable parameter.
+
+    Returns:
+        The selected names, in the model's order.
+
+    Raises:
+        ValueError: if a pattern matches no parameter (a typo would otherwise select nothing).
+
+    Example:
+        >>> select_parameters(torch.nn.Linear(2, 3), ["bias"])
+        ['bias']
+    """
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if patterns is None:
+        return names
+    selected = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ValueError(f"parameter pattern {pat!r} matches no trainable parameter; names are: {names}")
+    return selected
+
+
+@dataclass
+class GradientPlan:
+    """Which path each selected parameter takes (names as in ``model.named_parameters()``)."""
+
+    rows: dict[str, str] = field(default_factory=dict)  # embedding module -> weight name
+    linear: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # module -> (weight, bias)
+    dense: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, str]:
+        """Parameter name -> path (``rows``, ``linear-factored`` or ``dense``)."""
+        out = {w: "rows" for w in self.rows.values()}
+        for weight, bias in self.linear.values():
+            out[weight] = "linear-factored"
+            if bias is not None:
+                out[bias] = "linear-factored"
+        out.update({n: "dense" for n in self.dense})
+        return out
+
+
+class _Calls:
+    """Probe bookkeeping for one forward pass (records shapes, or adds probes and keeps aux)."""
+
+    def __init__(self, probes: Sequence[Tensor] | None = None) -> None:
+        self.probes = probes
+        self.shapes: list[tuple[str, str, torch.Size]] = []  # (kind, module, output shape)
+        self.aux: list[Tensor] = []
+        self.position = 0
+
+    def __call__(self, kind: str, name: str, inputs: Tensor, output: Tensor) -> Tensor | None:
+        if self.probes is None:
+            self.shapes.append((kind, name, output.shape))
+            return None
+        probe = self.probes[self.position]
+        self.position += 1
+        if kind == "rows":
+            self.aux.append(inputs.reshape(-1))
+        else:
+            self.aux.append(inputs.reshape(-1, inputs.shape[-1]))
+        return output + probe
+
+
+class PerSampleGradients:
+    """Computes per-sample gradients of a :class:`~tracin_lightning.engine.losses.TripleLoss`.
+
+    Args:
+        loss: the triple loss module (wraps the KGE model as ``loss.model``).
+        params: names of the model parameters to differentiate (see :func:`select_parameters`).
+        factorize: use the row-sparse and rank-one paths; ``False`` differentiates everything densely
+            (the simple vmap baseline, still exact).
+        compile: run the per-sample gradient function through ``torch.compile`` (falls back with a
+            warning if compilation fails).
+
+    Calling it with a state (model parameter and buffer tensors by name, e.g. one checkpoint) and a
+    ``(B, 3)`` batch of triples returns their :class:`SampleGradients`.
+    """
+
+    def __init__(
+        self,
+        *,
+        loss: nn.Module,
+        params: Sequence[str],
+        factorize: bool = True,
+        compile: bool = False,
+    ) -> None:
+        self.loss = loss
+        self.model: nn.Module = loss.model  # type: ignore[assignment]
+        self.params = list(params)
+        self.factorize = factorize
+        self.compile = compile
+        self.plan: GradientPlan | None = None
+        self._active: _Calls | None = None
+        self._fn: Callable[..., Any] | None = None
+
+    # ----------------------------------------------------------------- hooks
+    def _candidate_modules(self) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+        selected = set(self.params)
+        rows: dict[str, str] = {}
+        linear: dict[str, tuple[str, str | None]] = {}
+        if not self.factorize:
+            return rows, linear
+        for name, module in self.model.named_modules():
+            prefix = f"{name}." if name else ""
+            if type(module) is nn.Embedding and module.max_norm is None and f"{prefix}weight" in selected:
+                rows[name] = f"{prefix}weight"
+            elif type(module) is nn.Linear and f"{prefix}weight" in selected:
+                bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in selected else None
+                linear[name] = (f"{prefix}weight", bias)
+        return rows, linear
+
+    @contextmanager
+    def _hooks(self, rows: Mapping[str, str], linear: Mapping[str, Any]) -> Iterator[None]:
+        modules = dict(self.model.named_modules())
+        handles = []
+
+        def make(kind: str, name: str) -> Callable[..., Tensor | None]:
+            def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+                return None if self._active is None else self._active(kind, name, args[0], output)
+
+            return hook
+
+        try:
+            for name in rows:
+                handles.append(modules[name].register_forward_hook(make("rows", name)))
+            for name in linear:
+                handles.append(modules[name].register_forward_hook(make("linear", name)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._active = None
+
+    # ------------------------------------------------------------ planning
+    def _record(self, state: Mapping[str, Tensor], triple: Tensor, plan: GradientPlan) -> list[Any]:
+        calls = _Calls()
+        with self._hooks(plan.rows, plan.linear), torch.no_grad():
+            self._active = calls
+            functional_call(self.loss, _prefixed(state), (triple,))
+        return calls.shapes
+
+    def make_plan(self, state: Mapping[str, Tensor], triple: Tensor) -> GradientPlan:
+        """Choose a path per parameter and check it against autograd on ``triple`` (shape ``(1, 3)``)."""
+        rows, linear = self._candidate_modules()
+        plan = GradientPlan(rows=rows, linear=linear)
+        shapes = self._record(state, triple, plan)
+        for kind, name, shape in shapes:
+            positions = math.prod(shape[:-1])
+            if positions > MAX_FACTORED_POSITIONS:
+                (plan.rows if kind == "rows" else plan.linear).pop(name, None)
+        seen = {name for _, name, _ in shapes}
+        plan.rows = {k: v for k, v in plan.rows.items() if k in seen}
+        plan.linear = {k: v for k, v in plan.linear.items() if k in seen}
+        covered = set(plan.describe())
+        plan.dense = [p for p in self.params if p not in covered]
+        # A reduced path is exact only if the parameter is reached through the probed calls alone.
+        wrong = self._check(plan, state, triple)
+        if wrong:
+            logger.info("parameters reached outside probed calls, using the dense path: %s", wrong)
+            plan.rows = {k: v for k, v in plan.rows.items() if v not in wrong}
+            plan.linear = {
+                k: v for k, v in plan.linear.items() if v[0] not in wrong and (v[1] is None or v[1] not in wrong)
+            }
+            covered = set(plan.describe()) - set(plan.dense)
+            plan.dense = [p for p in self.params if p not in covered]
+        return plan
+
+    def _check(self, plan: GradientPlan, state: Mapping[str, Tensor], triple: Tensor) -> set[str]:
+        names = [n for n in self.params if n not in plan.dense]
+        if any(state[n].numel() > MAX_VERIFIED_NUMEL for n in names) or not names:
+            return set()
+        leaves = {n: state[n].detach().clone().requires_grad_(True) for n in names}
+        with torch.enable_grad():
+            value = functional_call(self.loss, _prefixed({**state, **leaves}), (triple,)).sum()
+            expected = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+        self.plan = plan
+        self._fn = None
+        reduced = self(state, triple)
+        rebuilt = to_dense(reduced, plan, {n: state[n] for n in self.params})
+        wrong = set()
+        for name, exp in zip(leaves, expected):
+            exp = torch.zeros_like(state[name]) if exp is None else exp
+            got = rebuilt[name][0]
+            scale = exp.abs().max().clamp_min(1e-12)
+            if (got - exp).abs().max() > 1e-4 * scale:
+                wrong.add(name)
+        self.plan = None
+        self._fn = None
+        # a linear layer's weight and bias share their probe: move both together
+        for weight, bias in plan.linear.values():
+            if weight in wrong or (bias is not None and bias in wrong):
+                wrong.update({weight} | ({bias} if bias else set()))
+        return wrong
+
+    # -------------------------------------------------------------- compute
+    def _sample_loss(
+        self, dense: dict[str, Tensor], probes: list[Tensor], const: dict[str, Tensor], hrt: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
+        calls = _Calls(probes)
+        self._active = calls
+        value = functional_call(self.loss, _prefixed({**const, **dense}), (hrt.unsqueeze(0),)).sum()
+        self._active = None
+        return value, calls.aux
+
+    def _function(self) -> Callable[..., Any]:
+        if self._fn is None:
+            fn = vmap(grad(self._sample_loss, argnums=(0, 1), has_aux=True), in_dims=(None, None, None, 0))
+            if self.compile:
+                fn = torch.compile(fn, dynamic=True)
+            self._fn = fn
+        return self._fn
+
+    def __call__(self, state: Mapping[str, Tensor], triples: Tensor) -> SampleGradients:
+        """Per-sample gradients of the triples ``(B, 3)`` at the parameters in ``state``."""
+        if self.plan is None:
+            self.plan = self.make_plan(state, triples[:1])
+        plan = self.plan
+        shapes = self._record(state, triples[:1], plan)
+        probes = [torch.zeros(shape, dtype=_dtype(state, plan, kind, name), device=triples.device)
+                  for kind, name, shape in shapes]
+        dense = {n: state[n].detach() for n in plan.dense}
+        const = {k: v.detach() for k, v in state.items() if k not in dense}
+        with self._hooks(plan.rows, plan.linear):
+            try:
+                (dense_grads, probe_grads), aux = self._function()(dense, probes, const, triples)
+            except Exception as error:  # torch.compile failures surface at call time
+                if not self.compile:
+                    raise
+                warnings.warn(f"torch.compile failed ({error!r}); continuing without it", stacklevel=2)
+                self.compile, self._fn = False, None
+                (dense_grads, probe_grads), aux = self._function()(dense, probes, const, triples)
+        return _assemble(plan, shapes, probe_grads, aux, dense_grads, triples.shape[0], state)
+
+
+def _prefixed(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # TripleLoss holds the KGE model as ``.model``
+    return {f"model.{k}": v for k, v in state.items()}
+
+
+def _dtype(state: Mapping[str, Tensor], plan: GradientPlan, kind: str, name: str) -> torch.dtype:
+    weight = plan.rows[name] if kind == "rows" else plan.linear[name][0]
+    return state[weight].dtype
+
+
+def _assemble(
+    plan: GradientPlan,
+    shapes: Sequence[tuple[str, str, torch.Size]],
+    probe_grads: Sequence[Tensor],
+    aux: Sequence[Tensor],
+    dense_grads: Mapping[str, Tensor],
+    batch: int,
+    state: Mapping[str, Tensor],
+) -> SampleGradients:
+    rows: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    linear: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    for (kind, name, _), g, a in zip(shapes, probe_grads, aux):
+        g = g.float().reshape(batch, -1, g.shape[-1])
+        if kind == "rows":
+            rows.setdefault(plan.rows[name], []).append((a.reshape(batch, -1), g))
+        else:
+            linear.setdefault(name, []).append((g, a.float().reshape(batch, -1, a.shape[-1])))
+    out = SampleGradients()
+    for weight, parts in rows.items():
+        out.rows[weight] = RowGradients(
+            ids=torch.cat([p[0] for p in parts], 1), grads=torch.cat([p[1] for p in parts], 1)
+        )
+    for name, parts in linear.items():
+        inputs = torch.cat([p[1] for p in parts], 1)
+        if plan.linear[name][1] is not None:  # bias: its gradient is g, i.e. an input of constant 1
+            inputs = torch.cat([inputs, inputs.new_ones(*inputs.shape[:-1], 1)], -1)
+        out.linear[plan.linear[name][0]] = LinearGradients(
+            out_grads=torch.cat([p[0] for p in parts], 1), inputs=inputs
+        )
+    if plan.dense:
+        out.dense = torch.cat([dense_grads[n].float().reshape(batch, -1) for n in plan.dense], 1)
+    return out
+
+
+def to_dense(grads: SampleGradients, plan: GradientPlan, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rebuild full per-sample gradients ``(B, *param.shape)`` from the reduced form (for checks)."""
+    batch = grads.batch_size
+    out: dict[str, Tensor] = {}
+    for weight, part in grads.rows.items():
+        table = params[weight]
+        full = torch.zeros(batch, *table.shape, dtype=torch.float32, device=table.device)
+        for b in range(batch):
+            full[b].index_add_(0, part.ids[b], part.grads[b])
+        out[weight] = full
+    for weight, bias in plan.linear.values():
+        lin = grads.linear[weight]
+        inputs = lin.inputs[..., :-1] if bias is not None else lin.inputs
+        out[weight] = torch.einsum("bpo,bpi->boi", lin.out_grads, inputs)
+        if bias is not None:
+            out[bias] = lin.out_grads.sum(1)
+    offset = 0
+    for name in plan.dense:
+        assert grads.dense is not None
+        size = params[name].numel()
+        out[name] = grads.dense[:, offset : offset + size].reshape(batch, *params[name].shape)
+        offset += size
+    return out

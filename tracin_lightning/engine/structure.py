@@ -1,0 +1,165 @@
+"""Compact per-sample gradients and their exact inner products.
+
+A per-sample gradient of a KGE model is stored in three reduced forms (see ``ENGINE.md``):
+
+- ``rows``: for an embedding table, the gradient with respect to the rows a triple looked up, with
+  the ids of those rows. The dense gradient is the scatter-add of these rows into the table.
+- ``linear``: for a linear layer ``y = W a + b``, the gradient at the layer output ``g`` and the
+  layer input ``a`` for every position the layer saw. The dense weight gradient is
+  ``sum_p g_p a_p^T``; a bias is folded in by appending a constant 1 to ``a``.
+- ``dense``: everything else, flattened.
+
+Inner products of two such gradients are computed exactly without materialising the dense form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["LinearGradients", "RowGradients", "SampleGradients", "pairwise_dot", "self_dot"]
+
+
+@dataclass
+class RowGradients:
+    """Gradients with respect to looked-up rows of one embedding table.
+
+    Attributes:
+        ids: ``(B, S)`` row ids, one per lookup slot.
+        grads: ``(B, S, d)`` gradient with respect to each looked-up row.
+    """
+
+    ids: Tensor
+    grads: Tensor
+
+
+@dataclass
+class LinearGradients:
+    """Rank-one factors of one linear layer's per-sample weight gradient.
+
+    Attributes:
+        out_grads: ``(B, P, d_out)`` gradient at the layer output, per position.
+        inputs: ``(B, P, d_in)`` layer input per position (with a trailing 1 if the bias is included).
+    """
+
+    out_grads: Tensor
+    inputs: Tensor
+
+
+@dataclass
+class SampleGradients:
+    """Per-sample gradients of a batch in reduced form (all parts share the batch size B)."""
+
+    rows: dict[str, RowGradients] = field(default_factory=dict)
+    linear: dict[str, LinearGradients] = field(default_factory=dict)
+    dense: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples."""
+        for part in self.rows.values():
+            return part.ids.shape[0]
+        for lin in self.linear.values():
+            return lin.out_grads.shape[0]
+        if self.dense is not None:
+            return self.dense.shape[0]
+        return 0
+
+    def select(self, index: Tensor | slice) -> SampleGradients:
+        """Return the samples at ``index``."""
+        return SampleGradients(
+            rows={k: RowGradients(v.ids[index], v.grads[index]) for k, v in self.rows.items()},
+            linear={k: LinearGradients(v.out_grads[index], v.inputs[index]) for k, v in self.linear.items()},
+            dense=None if self.dense is None else self.dense[index],
+        )
+
+    def finite(self) -> Tensor:
+        """``(B,)`` bool: whether every gradient entry of a sample is finite."""
+        ok = torch.ones(self.batch_size, dtype=torch.bool, device=self._device())
+        for part in self.rows.values():
+            ok &= torch.isfinite(part.grads).flatten(1).all(1)
+        for lin in self.linear.values():
+            ok &= torch.isfinite(lin.out_grads).flatten(1).all(1) & torch.isfinite(lin.inputs).flatten(1).all(1)
+        if self.dense is not None:
+            ok &= torch.isfinite(self.dense).all(1)
+        return ok
+
+    def nbytes(self) -> int:
+        """Memory held by these gradients, in bytes."""
+        tensors: list[Tensor] = [t for v in self.rows.values() for t in (v.ids, v.grads)]
+        tensors += [t for v in self.linear.values() for t in (v.out_grads, v.inputs)]
+        if self.dense is not None:
+            tensors.append(self.dense)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _device(self) -> torch.device:
+        for part in self.rows.values():
+            return part.ids.device
+        for lin in self.linear.values():
+            return lin.out_grads.device
+        return self.dense.device if self.dense is not None else torch.device("cpu")
+
+
+def _rows_dot(a: RowGradients, b: RowGradients) -> Tensor:
+    # <scatter(a), scatter(b)> = sum over slot pairs with equal ids of <g_a, g_b>
+    batch_a, slots_a, dim = a.grads.shape
+    batch_b, slots_b, _ = b.grads.shape
+    products = a.grads.reshape(-1, dim) @ b.grads.reshape(-1, dim).T
+    same = a.ids.reshape(-1, 1) == b.ids.reshape(1, -1)
+    products = products * same
+    return products.view(batch_a, slots_a, batch_b, slots_b).sum(dim=(1, 3))
+
+
+def _linear_dot(a: LinearGradients, b: LinearGradients) -> Tensor:
+    # <sum_p g_p a_p^T, sum_q g'_q a'_q^T> = sum_{p,q} (g_p . g'_q) (a_p . a'_q)
+    batch_a, pos_a, _ = a.out_grads.shape
+    batch_b, pos_b, _ = b.out_grads.shape
+    g = a.out_grads.reshape(batch_a * pos_a, -1) @ b.out_grads.reshape(batch_b * pos_b, -1).T
+    x = a.inputs.reshape(batch_a * pos_a, -1) @ b.inputs.reshape(batch_b * pos_b, -1).T
+    return (g * x).view(batch_a, pos_a, batch_b, pos_b).sum(dim=(1, 3))
+
+
+def pairwise_dot(a: SampleGradients, b: SampleGradients) -> Tensor:
+    """Exact inner products between every sample of ``a`` and every sample of ``b``.
+
+    Args:
+        a: per-sample gradients of ``Ba`` samples.
+        b: per-sample gradients of ``Bb`` samples, with the same parameter groups as ``a``.
+
+    Returns:
+        ``(Ba, Bb)`` float32 matrix of ``<grad_a, grad_b>`` over all parameters.
+
+    Example:
+        >>> import torch
+        >>> g = SampleGradients(dense=torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+        >>> pairwise_dot(g, g)
+        tensor([[5., 2.],
+                [2., 1.]])
+    """
+    out = torch.zeros(a.batch_size, b.batch_size, dtype=torch.float32, device=a._device())
+    for name, rows in a.rows.items():
+        out += _rows_dot(rows, b.rows[name]).float()
+    for name, lin in a.linear.items():
+        out += _linear_dot(lin, b.linear[name]).float()
+    if a.dense is not None:
+        assert b.dense is not None
+        out += (a.dense @ b.dense.T).float()
+    return out
+
+
+def self_dot(a: SampleGradients) -> Tensor:
+    """Squared norm ``<grad_i, grad_i>`` of every sample's gradient, shape ``(B,)``."""
+    out = torch.zeros(a.batch_size, dtype=torch.float32, device=a._device())
+    for rows in a.rows.values():
+        products = torch.einsum("bsd,bud->bsu", rows.grads, rows.grads)
+        same = rows.ids.unsqueeze(2) == rows.ids.unsqueeze(1)
+        out += (products * same).sum(dim=(1, 2)).float()
+    for lin in a.linear.values():
+        g = torch.einsum("bpd,bqd->bpq", lin.out_grads, lin.out_grads)
+        x = torch.einsum("bpd,bqd->bpq", lin.inputs, lin.inputs)
+        out += (g * x).sum(dim=(1, 2)).float()
+    if a.dense is not None:
+        out += a.dense.pow(2).sum(1).float()
+    return out
