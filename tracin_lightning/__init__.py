@@ -1,1 +1,72 @@
-"""Exact TracIn influence for PyKEEN knowledge-graph embedding models, on Lightning."""
+"""Exact TracIn influence for PyKEEN knowledge-graph embeddings, as Lightning components.
+
+Which training triples made the model predict this? ``TracInModule`` (a LightningModule) computes
+``sum_k lr_k <grad loss(train; theta_k), grad loss(test; theta_k)>`` for every training triple
+against all test triples at once; ``TriplesDataModule`` streams the training triples;
+``InfluenceWriter`` writes top-k proponents and opponents, self-influence and the matrix.
+
+Submodules are imported on first use, so ``import tracin_lightning`` stays cheap and has no side
+effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "TracInModule": "module",
+    "TriplesDataModule": "data",
+    "LabelMaps": "data",
+    "InfluenceWriter": "writer",
+    "TracInCheckpoint": "checkpoints",
+    "PyKEENTracInCallback": "checkpoints",
+    "Checkpoint": "checkpoints",
+    "load_model": "checkpoints",
+    "resolve_checkpoints": "checkpoints",
+    "compute_influence": "api",
+    "compute_self_influence": "api",
+    "TracInInputError": "errors",
+}
+
+__all__ = [
+    "Checkpoint",
+    "InfluenceWriter",
+    "LabelMaps",
+    "PyKEENTracInCallback",
+    "TracInCheckpoint",
+    "TracInInputError",
+    "TracInModule",
+    "TriplesDataModule",
+    "__version__",
+    "compute_influence",
+    "compute_self_influence",
+    "load_model",
+    "resolve_checkpoints",
+]
+
+if TYPE_CHECKING:
+    from .api import compute_influence, compute_self_influence
+    from .checkpoints import (
+        Checkpoint,
+        PyKEENTracInCallback,
+        TracInCheckpoint,
+        load_model,
+        resolve_checkpoints,
+    )
+    from .data import LabelMaps, TriplesDataModule
+    from .errors import TracInInputError
+    from .module import TracInModule
+    from .writer import InfluenceWriter
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -206,7 +206,9 @@ class PerSampleGradients:
             logger.info("parameters reached outside probed calls, using the dense path: %s", wrong)
             plan.rows = {k: v for k, v in plan.rows.items() if v not in wrong}
             plan.linear = {
-                k: v for k, v in plan.linear.items() if v[0] not in wrong and (v[1] is None or v[1] not in wrong)
+                k: v
+                for k, v in plan.linear.items()
+                if v[0] not in wrong and (v[1] is None or v[1] not in wrong)
             }
             covered = set(plan.describe()) - set(plan.dense)
             plan.dense = [p for p in self.params if p not in covered]
@@ -263,8 +265,10 @@ class PerSampleGradients:
             self.plan = self.make_plan(state, triples[:1])
         plan = self.plan
         shapes = self._record(state, triples[:1], plan)
-        probes = [torch.zeros(shape, dtype=_dtype(state, plan, kind, name), device=triples.device)
-                  for kind, name, shape in shapes]
+        probes = [
+            torch.zeros(shape, dtype=_dtype(state, plan, kind, name), device=triples.device)
+            for kind, name, shape in shapes
+        ]
         dense = {n: state[n].detach() for n in plan.dense}
         const = {k: v.detach() for k, v in state.items() if k not in dense}
         with self._hooks(plan.rows, plan.linear):

@@ -81,7 +81,9 @@ class SampleGradients:
         for part in self.rows.values():
             ok &= torch.isfinite(part.grads).flatten(1).all(1)
         for lin in self.linear.values():
-            ok &= torch.isfinite(lin.out_grads).flatten(1).all(1) & torch.isfinite(lin.inputs).flatten(1).all(1)
+            ok &= torch.isfinite(lin.out_grads).flatten(1).all(1) & torch.isfinite(lin.inputs).flatten(1).all(
+                1
+            )
         if self.dense is not None:
             ok &= torch.isfinite(self.dense).all(1)
         return ok

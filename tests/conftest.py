@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny PyKEEN models really trained on the bundled Nations graph."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+
+MODEL_KWARGS = {
+    "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
+                  embedding_width=8),
+    "DistMult": dict(embedding_dim=16),
+    "TransE": dict(embedding_dim=16),
+    "ComplEx": dict(embedding_dim=8),
+}  # fmt: skip
+
+
+@dataclass
+class Trained:
+    """A trained model with the states and learning rates of its checkpoints."""
+
+    model: nn.Module
+    states: list[dict[str, Tensor]]
+    learning_rates: list[float]
+    train: Tensor
+    test: Tensor
+    inverse: bool
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", message=".*inverse triples.*")
+    logging.getLogger("pykeen").setLevel(logging.ERROR)
+
+
+def train_model(name: str, *, inverse: bool, epochs: int = 3, seed: int = 0) -> Trained:
+    """Train ``name`` on Nations for ``epochs`` epochs, keeping the weights after each as a checkpoint."""
+    from pykeen.datasets import Nations
+    from pykeen.models import model_resolver
+    from pykeen.training import LCWATrainingLoop
+
+    _quiet()
+    torch.manual_seed(seed)
+    dataset = Nations(create_inverse_triples=inverse)
+    model = model_resolver.make(
+        name, triples_factory=dataset.training, random_seed=seed, **MODEL_KWARGS[name]
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loop = LCWATrainingLoop(model=model, triples_factory=dataset.training, optimizer=optimizer)
+    states, rates = [], []
+    for epoch in range(epochs):
+        loop.train(triples_factory=dataset.training, num_epochs=1, batch_size=256, use_tqdm=False)
+        states.append(copy.deepcopy(model.state_dict()))
+        rates.append(0.01 / (epoch + 1))  # distinct rates catch a mixed-up pairing of states and rates
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    train = dataset.training.mapped_triples[
+        torch.randperm(dataset.training.num_triples, generator=generator)[:40]
+    ]
+    return Trained(model, states, rates, train, dataset.testing.mapped_triples[:6], inverse)
+
+
+_CACHE: dict[tuple[str, bool], Trained] = {}
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """``trained(name, inverse)`` -> :class:`Trained`, each trained once per session."""
+
+    def get(name: str, inverse: bool) -> Trained:
+        key = (name, inverse)
+        if key not in _CACHE:
+            _CACHE[key] = train_model(name, inverse=inverse)
+        return _CACHE[key]
+
+    return get

@@ -1,0 +1,293 @@
+"""``TracInModule``: the LightningModule that turns a trained KGE model into an influence predictor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from .checkpoints import Checkpoint, load_model, resolve_checkpoints
+from .engine.gradients import PerSampleGradients, select_parameters
+from .engine.influence import (
+    CheckpointState,
+    NonFiniteGradientError,
+    batch_influence,
+    batch_self_influence,
+    test_gradients,
+)
+from .engine.losses import TripleLoss
+from .engine.structure import SampleGradients
+from .engine.topk import TopK
+from .errors import TracInInputError
+
+__all__ = ["TracInModule"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["influence", "self"]
+
+
+class TracInModule(L.LightningModule):
+    """Exact TracIn influence of training triples on test triples, one training batch per step.
+
+    The wrapped KGE model stays in eval mode (dropout off, BatchNorm on running statistics) and is
+    differentiated with ``torch.func`` (vmap over grad) per training triple. When prediction starts,
+    the test triples' gradients are computed once per checkpoint and cached; every ``predict_step``
+    then scores its training batch against all test triples at once.
+
+    Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
+    from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`).
+
+    Args:
+        model: the trained KGE model: a PyKEEN ``save_to_directory`` folder, a pickled model file
+            (``trained_model.pkl``; unpickling runs code from the file), or an ``nn.Module`` with
+            ``score_hrt`` (and ``score_t`` for the ``ce`` loss).
+        checkpoints: TracInCP checkpoints: a manifest JSON (``TracInCheckpoint`` writes one), a folder
+            holding one, or a list of weight files (state dicts, Lightning ``.ckpt``, PyKEEN
+            checkpoints). None uses the model's own weights with ``learning_rate``.
+        learning_rates: one learning rate per checkpoint file (overrides those in a manifest).
+        learning_rate: the learning rate when ``checkpoints`` is None, or for every listed file.
+        loss: per-triple loss: ``bce`` = softplus(-f(h,r,t)) (BCE with logits against label 1),
+            ``score`` = -f(h,r,t), ``ce`` = softmax cross-entropy over all tails.
+        params: fnmatch patterns of the parameters to differentiate, e.g. ``["interaction.hr1d.*"]``
+            for ConvE's last layers; None selects every trainable parameter.
+        mode: ``influence`` (training x test influence, top-k per test triple) or ``self``
+            (self-influence of every training triple).
+        top_k: proponents and opponents kept per test triple (0 keeps none).
+        inverse: whether the model was trained with inverse triples; None reads it from the model.
+        factorize: use the exact row-sparse and rank-one fast paths; False differentiates every
+            parameter densely (slow; for checks).
+        compile: run the per-sample gradient function through ``torch.compile``.
+        test_batch_size: test triples per gradient call when caching the test gradients.
+        test_triples: ``(T, 3)`` test triple ids; None takes them from the datamodule.
+
+    Example:
+        >>> from pykeen.datasets import Nations
+        >>> from pykeen.models import DistMult
+        >>> from tracin_lightning.data import TriplesDataModule
+        >>> dataset = Nations()
+        >>> kge = DistMult(triples_factory=dataset.training, embedding_dim=8, random_seed=0)
+        >>> data = TriplesDataModule.from_tensors(dataset.training.mapped_triples[:64],
+        ...                                       dataset.testing.mapped_triples[:3])
+        >>> trainer = L.Trainer(inference_mode=False, logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False)
+        >>> out = trainer.predict(TracInModule(model=kge, top_k=5), datamodule=data)
+        >>> out[0]["influence"].shape
+        torch.Size([3, 64])
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | nn.Module,
+        checkpoints: str | list[str] | None = None,
+        learning_rates: list[float] | None = None,
+        learning_rate: float = 1.0,
+        loss: Literal["bce", "score", "ce"] = "bce",
+        params: list[str] | None = None,
+        mode: Mode = "influence",
+        top_k: int = 10,
+        inverse: bool | None = None,
+        factorize: bool = True,
+        compile: bool = False,
+        test_batch_size: int = 256,
+        test_triples: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "test_triples"])
+        if mode not in ("influence", "self"):
+            raise TracInInputError(f"mode must be 'influence' or 'self', got {mode!r}")
+        if top_k < 0:
+            raise TracInInputError(f"top_k must be >= 0, got {top_k}")
+        self.model_source = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+        self.kge_model = load_model(model)
+        self.inverse = (
+            bool(getattr(self.kge_model, "use_inverse_triples", False)) if inverse is None else inverse
+        )
+        self.triple_loss = TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
+        self.param_names = select_parameters(self.kge_model, params)
+        if not self.param_names:
+            raise TracInInputError("no trainable parameter selected")
+        self.checkpoint_list: list[Checkpoint] = resolve_checkpoints(
+            checkpoints, learning_rates=learning_rates, learning_rate=learning_rate
+        )
+        self.mode = mode
+        self.top_k = top_k
+        self.test_batch_size = test_batch_size
+        self.test_triples = test_triples
+        self.gradients = PerSampleGradients(
+            loss=self.triple_loss, params=self.param_names, factorize=factorize, compile=compile
+        )
+        self.states: list[CheckpointState] = []
+        self.test_grads: list[SampleGradients] = []
+        self.topk: TopK | None = None
+        self.triples_seen = 0
+
+    # ---------------------------------------------------------------- hooks
+    @override
+    def on_predict_start(self) -> None:
+        self._require_gradients()
+        self._load_checkpoints()
+        if self.mode == "influence":
+            self._cache_test_gradients()
+
+    @override
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        triples, index = batch["triples"].to(self.device), batch["index"]
+        self._check_ids(triples, "training triples", index)
+        self.triples_seen += triples.shape[0]
+        try:
+            with torch.enable_grad():
+                if self.mode == "self":
+                    return {"index": index, "self_influence": self._self(triples)}
+                scores = batch_influence(self.gradients, self.states, self.test_grads, triples)
+        except NonFiniteGradientError as error:
+            raise self._non_finite(error, triples, index) from None
+        if self.topk is not None:
+            self.topk = self.topk.update(scores, index.to(scores.device))
+        return {"index": index, "influence": scores}
+
+    # -------------------------------------------------------------- helpers
+    def _self(self, triples: Tensor) -> Tensor:
+        return batch_self_influence(self.gradients, self.states, triples)
+
+    def _require_gradients(self) -> None:
+        if self.trainer.predict_loop.inference_mode or torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "TracIn needs gradients, but the Trainer runs predict in inference mode: "
+                "create it with Trainer(inference_mode=False) (the tracin-lightning CLI does this)"
+            )
+        self.kge_model.eval()
+
+    def _load_checkpoints(self) -> None:
+        own = {k: v.detach() for k, v in self.kge_model.state_dict(keep_vars=True).items()}
+        self.states = []
+        for checkpoint in self.checkpoint_list:
+            state = own if checkpoint.source is None else checkpoint.load(self.kge_model)
+            state = {k: v.detach().to(self.device) for k, v in state.items()}
+            self.states.append(CheckpointState(state=state, learning_rate=checkpoint.learning_rate))
+        logger.info(
+            "TracIn over %d checkpoint(s) with learning rates %s", len(self.states), self.learning_rates
+        )
+
+    def _cache_test_gradients(self) -> None:
+        test = self._resolve_test_triples().to(self.device)
+        self._check_ids(test, "test triples", torch.arange(test.shape[0]))
+        with self.trainer.precision_plugin.forward_context(), torch.enable_grad():
+            try:
+                self.test_grads = test_gradients(
+                    self.gradients, self.states, test, batch_size=self.test_batch_size
+                )
+            except NonFiniteGradientError as error:
+                raise self._non_finite(error, test, torch.arange(test.shape[0]), what="test") from None
+        self.test_triples = test.cpu()
+        logger.info("parameter paths: %s", self.parameter_paths)
+        if self.top_k:
+            k = self.top_k
+            num_train = self._num_train()
+            if num_train is not None and k > num_train:
+                import warnings
+
+                warnings.warn(
+                    f"top_k={k} is larger than the {num_train} training triples; using top_k={num_train}",
+                    stacklevel=2,
+                )
+                k = num_train
+            self.topk = TopK.empty(num_test=test.shape[0], k=k, device=self.device)
+
+    def _resolve_test_triples(self) -> Tensor:
+        if self.test_triples is not None:
+            test = self.test_triples
+        else:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            test = getattr(datamodule, "test_triples", None)
+            if test is None:
+                raise TracInInputError(
+                    "no test triples: pass test_triples=... or use a datamodule with test_triples"
+                )
+        if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:
+            raise TracInInputError(
+                f"test triples must be a non-empty (T, 3) tensor, got shape {tuple(test.shape)}"
+            )
+        return test.long()
+
+    def _num_train(self) -> int | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train = getattr(datamodule, "train_triples", None)
+        return None if train is None else int(train.shape[0])
+
+    def _check_ids(self, triples: Tensor, what: str, index: Tensor) -> None:
+        # Out-of-range ids would index a wrong row silently on some paths, or crash deep in PyKEEN.
+        num_entities = getattr(self.kge_model, "num_entities", None)
+        num_relations = getattr(
+            self.kge_model, "num_real_relations", getattr(self.kge_model, "num_relations", None)
+        )
+        for column, bound, kind in (
+            (0, num_entities, "entity"),
+            (1, num_relations, "relation"),
+            (2, num_entities, "entity"),
+        ):
+            if bound is None:
+                continue
+            bad = (triples[:, column] < 0) | (triples[:, column] >= bound)
+            if bool(bad.any()):
+                row = int(torch.nonzero(bad)[0])
+                raise TracInInputError(
+                    f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
+                    f"has {bound} {kind}s (do the entity/relation maps belong to this model?)"
+                )
+
+    def _non_finite(
+        self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str = "training"
+    ) -> TracInInputError:
+        row = error.rows[0]
+        ids = tuple(int(x) for x in triples[row])
+        maps = getattr(getattr(self.trainer, "datamodule", None), "maps", None)
+        label = (
+            ids
+            if maps is None
+            else (maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2]))
+        )
+        source = self.checkpoint_list[error.checkpoint].name
+        return TracInInputError(
+            f"non-finite gradient for {what} triple {int(index[row])} {label} at checkpoint {source!r}"
+        )
+
+    # ------------------------------------------------------------ reporting
+    @property
+    def learning_rates(self) -> list[float]:
+        """Learning rate of each checkpoint, in order."""
+        return [c.learning_rate for c in self.checkpoint_list]
+
+    @property
+    def parameter_paths(self) -> dict[str, str]:
+        """Selected parameter name -> engine path (``rows``, ``linear-factored`` or ``dense``)."""
+        plan = self.gradients.plan
+        return {} if plan is None else plan.describe()
+
+    def run_info(self) -> dict[str, Any]:
+        """What this run computed, for ``run.json``."""
+        return {
+            "model": self.model_source,
+            "model_class": type(self.kge_model).__name__,
+            "inverse_triples": self.inverse,
+            "loss": self.hparams["loss"],
+            "mode": self.mode,
+            "top_k": self.topk.k if self.topk is not None else self.top_k,
+            "checkpoints": [
+                {"name": c.name, "learning_rate": c.learning_rate, "epoch": c.epoch}
+                for c in self.checkpoint_list
+            ],
+            "parameters": self.parameter_paths or dict.fromkeys(self.param_names, "unplanned"),
+            "num_parameters": int(sum(self.kge_model.state_dict()[n].numel() for n in self.param_names)),
+        }
+
+    def test_triple_list(self) -> Sequence[Sequence[int]]:
+        """The test triples as id lists (after prediction started)."""
+        return [] if self.test_triples is None else self.test_triples.tolist()
