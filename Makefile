@@ -1,0 +1,32 @@
+# CPU torch first: an unpinned torch would pull a multi-GB CUDA build. On a CUDA machine, install
+# your CUDA torch build instead and drop TORCH.
+TORCH ?= torch==2.13.0
+PYTHON ?= python
+
+.PHONY: install install-dev demo test lint benchmark
+
+install:
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e .
+
+install-dev:
+	$(PYTHON) -m pip install -q $(TORCH)
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+# Train a small ConvE on bundled Kinships (checkpoints every 5 epochs), explain 20 test triples.
+demo: install
+	$(PYTHON) scripts/train_kinships.py --output runs/kinships_conve
+	tracin-lightning predict --config configs/kinships_conve.yaml
+	@echo "results: runs/kinships_conve/tracin/ (influence_topk.csv, run.json, config.yaml)"
+	@head -n 6 runs/kinships_conve/tracin/influence_topk.csv
+
+test: install-dev
+	$(PYTHON) -m pytest -n 2 --timeout 900
+
+lint: install-dev
+	ruff check .
+	ruff format --check .
+	mypy
+
+benchmark: install
+	$(PYTHON) scripts/benchmark.py
