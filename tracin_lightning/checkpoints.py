@@ -395,7 +395,9 @@ class TracInCheckpoint(L.Callback):
 
 
 class PyKEENTracInCallback(TrainingCallback):
-    """Keep TracIn checkpoints while training with PyKEEN (``pipeline(..., training_kwargs=dict(callbacks=[...]))``).
+    """Keep TracIn checkpoints while training with PyKEEN.
+
+    Use as ``pipeline(..., training_kwargs=dict(callbacks=[PyKEENTracInCallback(directory=...)]))``.
 
     Args:
         directory: folder for ``epoch_NNNN.pt`` files and ``manifest.json``.
