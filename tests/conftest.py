@@ -82,3 +82,42 @@ def trained():
         return _CACHE[key]
 
     return get
+
+
+@dataclass
+class SavedRun:
+    """A PyKEEN pipeline run saved to disk with TracIn checkpoints, as users have them."""
+
+    directory: Path
+    manifest: Path
+    model: nn.Module
+
+
+@pytest.fixture(scope="session")
+def saved_conve(tmp_path_factory: pytest.TempPathFactory) -> SavedRun:
+    """A tiny ConvE trained on Nations with inverse triples by ``pipeline``, checkpoints every epoch."""
+    from pykeen.datasets import Nations
+    from pykeen.pipeline import pipeline
+
+    from tracin_lightning.checkpoints import PyKEENTracInCallback
+
+    _quiet()
+    directory = tmp_path_factory.mktemp("saved_conve")
+    result = pipeline(
+        dataset=Nations(create_inverse_triples=True),
+        model="ConvE",
+        model_kwargs=MODEL_KWARGS["ConvE"],
+        loss="BCEWithLogits",
+        training_loop="lcwa",
+        optimizer_kwargs=dict(lr=0.01),
+        training_kwargs=dict(
+            num_epochs=3,
+            batch_size=256,
+            use_tqdm=False,
+            callbacks=[PyKEENTracInCallback(directory=directory / "checkpoints", every_n_epochs=1)],
+        ),
+        evaluation_kwargs=dict(batch_size=256, use_tqdm=False),
+        random_seed=0,
+    )
+    result.save_to_directory(directory)
+    return SavedRun(directory, directory / "checkpoints" / "manifest.json", result.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -58,6 +59,9 @@ class TracInCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; ``args`` lets tests run the CLI in-process."""
+    # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
+    # indices; the writer uses each batch's own "index" instead.
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     TracInCLI(
         TracInModule,
         TriplesDataModule,

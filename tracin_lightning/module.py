@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,7 @@ class TracInModule(L.LightningModule):
     @override
     def on_predict_start(self) -> None:
         self._require_gradients()
+        self._check_maps()
         self._load_checkpoints()
         if self.mode == "influence":
             self._cache_test_gradients()
@@ -165,6 +167,22 @@ class TracInModule(L.LightningModule):
             )
         self.kge_model.eval()
 
+    def _check_maps(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        maps = getattr(datamodule, "maps", None)
+        if maps is None:
+            return
+        model = self.kge_model
+        for kind, in_maps, in_model in (
+            ("entities", maps.num_entities, getattr(model, "num_entities", None)),
+            ("relations", maps.num_relations, getattr(model, "num_real_relations", None)),
+        ):
+            if in_model is not None and in_maps != in_model:
+                raise TracInInputError(
+                    f"the {kind} map of {datamodule.train_source} has {in_maps} {kind} but the model "
+                    f"{self.model_source} has {in_model}: the maps do not belong to this model"
+                )
+
     def _load_checkpoints(self) -> None:
         own = {k: v.detach() for k, v in self.kge_model.state_dict(keep_vars=True).items()}
         self.states = []
@@ -192,8 +210,6 @@ class TracInModule(L.LightningModule):
             k = self.top_k
             num_train = self._num_train()
             if num_train is not None and k > num_train:
-                import warnings
-
                 warnings.warn(
                     f"top_k={k} is larger than the {num_train} training triples; using top_k={num_train}",
                     stacklevel=2,
@@ -202,9 +218,8 @@ class TracInModule(L.LightningModule):
             self.topk = TopK.empty(num_test=test.shape[0], k=k, device=self.device)
 
     def _resolve_test_triples(self) -> Tensor:
-        if self.test_triples is not None:
-            test = self.test_triples
-        else:
+        test: Tensor | None = self.test_triples
+        if test is None:
             datamodule = getattr(self.trainer, "datamodule", None)
             test = getattr(datamodule, "test_triples", None)
             if test is None:

@@ -116,6 +116,16 @@ class InfluenceWriter(BasePredictionWriter):
             self._merge(trainer, pl_module)
         trainer.strategy.barrier("tracin-writer-done")
 
+    @override
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # A failed run leaves no partial results behind (final files are only ever written whole).
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+
     # ---------------------------------------------------------------- merge
     def _merge(self, trainer: L.Trainer, pl_module: Any) -> None:
         world = trainer.world_size
