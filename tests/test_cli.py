@@ -112,15 +112,14 @@ def test_print_config_lists_every_option_with_help() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    for option in ("--model.checkpoints", "--model.loss", "--model.params", "--model.top_k", "--model.mode",
-                   "--data.test_labels", "--data.entity_to_id", "--writer.output_dir", "--writer.save_matrix"):  # fmt: skip
+    options = ["--model.checkpoints", "--model.loss", "--model.params", "--model.top_k", "--model.mode"]
+    options += ["--data.test_labels", "--data.entity_to_id", "--writer.output_dir", "--writer.save_matrix"]
+    for option in options:
         assert option in done.stdout
     assert "fnmatch patterns" in done.stdout  # the docstrings reach the help
-    printed = subprocess.run(
-        [sys.executable, "-m", "tracin_lightning.cli", "predict", "--model.model", "x", "--data.dataset", "nations",
-         "--print_config"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "tracin_lightning.cli", "predict", "--model.model", "x"]
+    command += ["--data.dataset", "nations", "--print_config"]
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0, printed.stderr
     assert "inference_mode: false" in printed.stdout and "return_predictions: false" in printed.stdout
 
