@@ -1,0 +1,60 @@
+"""Invariants that hold whatever the numbers: top-k is a full sort, merges commute, memory is row-sparse."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+from tracin_lightning.engine.losses import TripleLoss
+from tracin_lightning.engine.topk import TopK, merge_topk
+
+
+def test_streaming_topk_equals_full_sort() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(7, 1000, generator=generator)
+    top = TopK.empty(num_test=7, k=10)
+    for start in range(0, 1000, 37):
+        stop = min(start + 37, 1000)
+        top = top.update(scores[:, start:stop], torch.arange(start, stop))
+    values, index = scores.sort(dim=1, descending=True, stable=True)
+    assert torch.equal(top.proponent_index, index[:, :10]) and torch.equal(
+        top.proponent_values, values[:, :10]
+    )
+    values, index = scores.sort(dim=1, stable=True)
+    assert torch.equal(top.opponent_index, index[:, :10]) and torch.equal(top.opponent_values, values[:, :10])
+
+
+def test_merge_order_does_not_matter_even_with_ties() -> None:
+    scores = torch.tensor([[1.0, 3.0, 3.0, -2.0, 0.0, 3.0, -2.0, 1.0]])
+    shards = [torch.tensor([0, 3, 6]), torch.tensor([1, 4, 7]), torch.tensor([2, 5])]  # like DDP ranks
+    results = []
+    for order in itertools.permutations(shards):
+        parts = [TopK.empty(num_test=1, k=3).update(scores[:, idx], idx) for idx in order]
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merge_topk(merged, part)
+        results.append((merged.proponent_index.tolist(), merged.opponent_index.tolist()))
+    assert all(r == results[0] for r in results)
+    assert results[0] == ([[1, 2, 5]], [[3, 6, 4]])  # ties broken by training row
+
+
+def test_per_sample_memory_does_not_grow_with_entities() -> None:
+    from pykeen.models import ConvE
+    from pykeen.triples import CoreTriplesFactory
+
+    def grads_nbytes(num_entities: int) -> int:
+        triples = torch.randint(0, 50, (64, 3))
+        triples[:, 1] = torch.randint(0, 5, (64,))
+        factory = CoreTriplesFactory.create(
+            mapped_triples=triples, num_entities=num_entities, num_relations=5
+        )
+        model = ConvE(triples_factory=factory, embedding_dim=32, output_channels=4, kernel_height=3,
+                      kernel_width=3, embedding_height=4, embedding_width=8, random_seed=0)  # fmt: skip
+        model.eval()
+        psg = PerSampleGradients(loss=TripleLoss(model=model), params=select_parameters(model, None))
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        return psg(state, triples).nbytes()
+
+    assert grads_nbytes(10_000) <= grads_nbytes(1_000)
