@@ -178,8 +178,9 @@ class TracInModule(L.LightningModule):
             ("relations", maps.num_relations, getattr(model, "num_real_relations", None)),
         ):
             if in_model is not None and in_maps != in_model:
+                source = getattr(datamodule, "train_source", "the data")
                 raise TracInInputError(
-                    f"the {kind} map of {datamodule.train_source} has {in_maps} {kind} but the model "
+                    f"the {kind} map of {source} has {in_maps} {kind} but the model "
                     f"{self.model_source} has {in_model}: the maps do not belong to this model"
                 )
 
