@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pykeen.datasets import Kinships
 from pykeen.pipeline import pipeline
+
 from tracin_lightning.checkpoints import PyKEENTracInCallback
 
 
