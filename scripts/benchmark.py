@@ -139,9 +139,9 @@ def captum_tracin(loss: TripleLoss, model: nn.Module, train: Tensor, test: Tenso
             return self.loss(hrt)  # the per-triple loss as the "output"
 
     def loss_fn(outputs: Tensor, labels: Tensor) -> Tensor:
-        return outputs.sum()  # reduction "sum", as Captum requires without sample_wise_grads_per_batch
+        return outputs  # per-sample losses: reduction "none", as Captum requires here
 
-    loss_fn.reduction = "sum"  # type: ignore[attr-defined]
+    loss_fn.reduction = "none"  # type: ignore[attr-defined]
     wrapped = Wrapped()
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "checkpoint.pt")
@@ -248,6 +248,9 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"Captum failed: {error!r}", file=sys.stderr)
     if classic_per:
         ours_row["speedup_vs_classic"] = classic_per / (seconds / n)
+    captum_rows = [r for r in rows if r["method"] == "Captum TracInCP" and "error" not in r]
+    if captum_rows:
+        checks["engine speed-up vs Captum"] = captum_rows[0]["ms_per_triple"] / (1e3 * seconds / n)
     rows.append(ours_row)
     rows.append(
         row("one batched forward+backward (floor)", floor, n, classic_per, "not TracIn: the reference cost")
