@@ -250,7 +250,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         ours_row["speedup_vs_classic"] = classic_per / (seconds / n)
     captum_rows = [r for r in rows if r["method"] == "Captum TracInCP" and "error" not in r]
     if captum_rows:
-        checks["engine speed-up vs Captum"] = captum_rows[0]["ms_per_triple"] / (1e3 * seconds / n)
+        ours_row["speedup_vs_captum"] = captum_rows[0]["ms_per_triple"] / (1e3 * seconds / n)
     rows.append(ours_row)
     rows.append(
         row("one batched forward+backward (floor)", floor, n, classic_per, "not TracIn: the reference cost")
@@ -291,6 +291,10 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     out["T test / 1 test"] = out["N/2 train, T test"] / out["N/2 train, 1 test"]
     out["N / (N/2)"] = out["N train, T test"] / out["N/2 train, T test"]
     return out
+
+
+def ours_row_of(result: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in result["rows"] if r["method"].startswith("tracin-lightning"))
 
 
 def main() -> None:
