@@ -1,13 +1,15 @@
 """Training and test triples: readers for labelled files and id maps, and ``TriplesDataModule``.
 
 Triples are always ``(h, r, t)`` ids in PyKEEN's *non-inverse* id space (a factory's
-``mapped_triples``). Every reader error names the file and line, or the label, that caused it.
+``mapped_triples``). Every reader error is a :class:`~tracin_lightning.errors.TracInInputError`
+naming the file and line, or the label, that caused it.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,81 +19,164 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from typing_extensions import override
 
 from .errors import TracInInputError
 
 __all__ = ["LabelMaps", "TripleBatches", "TriplesDataModule", "read_id_map", "read_labeled_triples"]
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+#: Header cells that name the id column of a map file (PyKEEN writes ``id<TAB>label``).
+_ID_NAMES = frozenset({"id", "index", "idx"})
+#: Characters of text per chunk when reading triples: bounds the Python objects alive at once.
+_CHUNK_CHARS = 1 << 24
+
+
+# ----------------------------------------------------------------------------------------------- files
+
 
 def _open(path: Path) -> IO[str]:
-    if not path.is_file():
+    if not path.exists():
         raise TracInInputError(f"file not found: {path}")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    if not path.is_file():
+        raise TracInInputError(f"not a file: {path}")
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"  # by content, not name: a renamed .gz still reads
+    # utf-8-sig drops a byte-order mark that would otherwise become part of the first label
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with _open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield number, line.split("\t")
+def _read_chunks(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(number of the first line, lines)`` chunks of a text file; decoding errors name the file."""
+    number = 1
+    try:
+        with _open(path) as handle:
+            while lines := handle.readlines(_CHUNK_CHARS):
+                yield number, lines
+                number += len(lines)
+    except UnicodeDecodeError as error:
+        raise TracInInputError(f"{path}: not UTF-8 text (at or after line {number}): {error}") from None
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise TracInInputError(f"{path}: cannot read: {error}") from None
+
+
+def _split(line: str) -> list[str] | None:
+    """Tab-separated cells of a line, or None for a blank line."""
+    if not line.strip():
+        return None
+    return line.rstrip("\r\n").split("\t")
+
+
+# ---------------------------------------------------------------------------------------------- id maps
 
 
 def read_id_map(path: str | Path) -> dict[str, int]:
     """Read a label -> id map in PyKEEN's layout or the older ``label<TAB>id`` layout.
 
-    PyKEEN writes ``id<TAB>label`` with a header line (``training_triples/entity_to_id.tsv.gz``);
-    the older tool writes ``label<TAB>id`` with no header. The layout is detected from the first line.
+    PyKEEN writes ``id<TAB>label`` under an ``id<TAB>label`` header, gzipped
+    (``training_triples/entity_to_id.tsv.gz``); the older tool writes ``label<TAB>id`` with no header.
+    The header is recognised by its ``id`` cell; without one, the id column is the one holding
+    integers (when both do, the one whose values are ``0 .. n-1``, else the second).
 
     Args:
-        path: the map file (``.gz`` is decompressed).
+        path: the map file, plain or gzipped.
 
     Returns:
-        Label -> id, ids forming ``0 .. n-1``.
+        Label -> id, the ids forming ``0 .. n-1``.
 
     Raises:
-        TracInInputError: naming the file and line of a malformed row, a duplicate, or a gap in the ids.
+        TracInInputError: for a missing or empty file, or naming ``path:line`` of a row with the wrong
+            number of columns, a non-integer or out-of-range id, or a duplicate label or id.
     """
     path = Path(path)
-    rows = list(_lines(path))
+    rows: list[tuple[int, list[str]]] = []
+    for first, lines in _read_chunks(path):
+        for number, line in enumerate(lines, start=first):
+            cells = _split(line)
+            if cells is None:
+                continue
+            if len(cells) != 2:
+                raise TracInInputError(
+                    f"{path}:{number}: expected 2 tab-separated columns (id and label), found {len(cells)}"
+                )
+            rows.append((number, cells))
     if not rows:
         raise TracInInputError(f"{path}: empty id map")
-    first = rows[0][1]
-    header = len(first) == 2 and not first[0].strip().lstrip("-").isdigit() and not first[1].strip().isdigit()
-    if header:
+    id_column = _header_id_column(rows[0][1])
+    if id_column is not None:
         rows = rows[1:]
-    if not rows:
-        raise TracInInputError(f"{path}: id map has a header but no rows")
-    id_first = rows[0][1][0].strip().isdigit() if len(rows[0][1]) == 2 else True
+        if not rows:
+            raise TracInInputError(f"{path}: id map has a header but no rows")
+    else:
+        id_column = _guess_id_column(rows)
+    size = len(rows)
     out: dict[str, int] = {}
-    seen: set[int] = set()
-    for number, parts in rows:
-        if len(parts) != 2:
-            raise TracInInputError(f"{path}:{number}: expected 2 tab-separated columns, found {len(parts)}")
-        raw_id, label = (parts[0], parts[1]) if id_first else (parts[1], parts[0])
-        try:
-            index = int(raw_id)
-        except ValueError:
-            raise TracInInputError(f"{path}:{number}: id {raw_id!r} is not an integer") from None
-        if label in out:
-            raise TracInInputError(f"{path}:{number}: duplicate label {label!r}")
-        if index in seen:
-            raise TracInInputError(f"{path}:{number}: duplicate id {index}")
+    line_of_label: dict[str, int] = {}
+    line_of_id: dict[int, int] = {}
+    for number, cells in rows:
+        raw_id, label = cells[id_column], cells[1 - id_column]
+        if not _INTEGER.fullmatch(raw_id.strip()):
+            raise TracInInputError(f"{path}:{number}: id {raw_id!r} is not an integer")
+        index = int(raw_id)
+        if not label:
+            raise TracInInputError(f"{path}:{number}: empty label")
+        if label in line_of_label:
+            raise TracInInputError(
+                f"{path}:{number}: duplicate label {label!r} (first on line {line_of_label[label]})"
+            )
+        if index in line_of_id:
+            raise TracInInputError(
+                f"{path}:{number}: duplicate id {index} (first on line {line_of_id[index]})"
+            )
+        if not 0 <= index < size:  # n distinct ids in range are exactly 0 .. n-1
+            raise TracInInputError(
+                f"{path}: ids must be 0..{size - 1} ({size} rows); "
+                f"id {index} on line {number} is out of range"
+            )
         out[label] = index
-        seen.add(index)
-    if seen != set(range(len(seen))):
-        missing = sorted(set(range(len(seen))) - seen)[:5]
-        raise TracInInputError(f"{path}: ids must be 0..{len(seen) - 1}; missing e.g. {missing}")
+        line_of_label[label], line_of_id[index] = number, number
     return out
+
+
+def _is_integer(cell: str) -> bool:
+    return _INTEGER.fullmatch(cell.strip()) is not None
+
+
+def _header_id_column(cells: list[str]) -> int | None:
+    """The id column named by a header row, or None when ``cells`` is not a header."""
+    if any(_is_integer(cell) for cell in cells):
+        return None
+    names = [cell.strip().lower() for cell in cells]
+    for column, name in enumerate(names):
+        if name in _ID_NAMES:
+            return column
+    return None
+
+
+def _guess_id_column(rows: list[tuple[int, list[str]]]) -> int:
+    """The id column of a headerless map: the integer one; on a tie, the one holding ``0 .. n-1``."""
+    integers = [sum(_is_integer(cells[c]) for _, cells in rows) for c in (0, 1)]
+    if integers[0] != integers[1]:
+        return 0 if integers[0] > integers[1] else 1  # the wrong column's ids fail with a line number
+    if integers[0] == len(rows):  # both columns numeric (e.g. WordNet synset labels)
+        expected = set(range(len(rows)))
+        first_is_ids = {int(cells[0]) for _, cells in rows} == expected
+        second_is_ids = {int(cells[1]) for _, cells in rows} == expected
+        if first_is_ids and not second_is_ids:
+            return 0
+    return 1  # no header: the older tool's label<TAB>id
 
 
 @dataclass(frozen=True)
 class LabelMaps:
-    """Entity and relation label <-> id maps.
+    """Entity and relation label <-> id maps (relations without inverses).
+
+    Args:
+        entity_to_id: entity label -> id, ids ``0 .. n-1``.
+        relation_to_id: relation label -> id, ids ``0 .. m-1``.
 
     Example:
         >>> maps = LabelMaps({"a": 0, "b": 1}, {"likes": 0})
@@ -107,8 +192,9 @@ class LabelMaps:
     _relations: list[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_entities", _inverse(self.entity_to_id))
-        object.__setattr__(self, "_relations", _inverse(self.relation_to_id))
+        # id -> label lists make label lookups of output rows O(1)
+        object.__setattr__(self, "_entities", _inverse(self.entity_to_id, "entity"))
+        object.__setattr__(self, "_relations", _inverse(self.relation_to_id, "relation"))
 
     @property
     def num_entities(self) -> int:
@@ -120,34 +206,57 @@ class LabelMaps:
         """Number of relations (without inverses)."""
         return len(self._relations)
 
-    def entity_label(self, index: int) -> str:
-        """Label of entity ``index``."""
-        return self._entities[index]
+    def entity_label(self, i: int) -> str:
+        """Label of entity ``i``."""
+        if i < 0:  # a negative index would silently wrap around
+            raise IndexError(f"entity id {i} is negative")
+        return self._entities[i]
 
-    def relation_label(self, index: int) -> str:
-        """Label of relation ``index``."""
-        return self._relations[index]
+    def relation_label(self, i: int) -> str:
+        """Label of relation ``i``."""
+        if i < 0:
+            raise IndexError(f"relation id {i} is negative")
+        return self._relations[i]
 
     def labels(self, triples: Tensor) -> list[tuple[str, str, str]]:
         """Labels of ``(n, 3)`` id triples."""
-        return [(self._entities[h], self._relations[r], self._entities[t]) for h, r, t in triples.tolist()]
+        _check_ids(triples, self, "triples")
+        entities, relations = self._entities, self._relations
+        return [(entities[h], relations[r], entities[t]) for h, r, t in triples.tolist()]
 
     def encode(self, rows: Sequence[Sequence[str]], *, source: str) -> Tensor:
-        """Ids ``(n, 3)`` of labelled triples; an unknown label is an error naming it and ``source``."""
+        """Ids ``(n, 3)`` of labelled triples.
+
+        Args:
+            rows: ``[head, relation, tail]`` labels.
+            source: where the rows come from, for error messages; row ``i`` is ``source[i]``.
+
+        Raises:
+            TracInInputError: naming ``source[i]`` and the label, for a malformed row or an unknown label.
+        """
         out = np.empty((len(rows), 3), dtype=np.int64)
         for i, row in enumerate(rows):
-            if len(row) != 3:
-                raise TracInInputError(f"{source}[{i}]: expected [head, relation, tail], got {list(row)}")
-            out[i] = self._ids(row, f"{source}[{i}]")
+            where = f"{source}[{i}]"
+            if isinstance(row, str) or len(row) != 3:
+                raise TracInInputError(f"{where}: expected [head, relation, tail], got {row!r}")
+            for position, label in zip(("head", "relation", "tail"), row):
+                if not isinstance(label, str):  # YAML turns unquoted numbers into ints
+                    raise TracInInputError(
+                        f"{where}: {position} {label!r} is a {type(label).__name__}, not a label string "
+                        "(quote it in YAML)"
+                    )
+            out[i] = self._ids(row, where)
         return torch.from_numpy(out)
 
     def _ids(self, row: Sequence[str], where: str) -> tuple[int, int, int]:
         head, relation, tail = row
-        checks = ((head, self.entity_to_id, "entity"), (relation, self.relation_to_id, "relation"))
-        for label, table, kind in (*checks, (tail, self.entity_to_id, "entity")):
+        entities, relations = self.entity_to_id, self.relation_to_id
+        for label, table, kind in ((head, entities, "entity"), (relation, relations, "relation")):
             if label not in table:
                 raise TracInInputError(f"{where}: unknown {kind} label {label!r}")
-        return self.entity_to_id[head], self.relation_to_id[relation], self.entity_to_id[tail]
+        if tail not in entities:
+            raise TracInInputError(f"{where}: unknown entity label {tail!r}")
+        return entities[head], relations[relation], entities[tail]
 
     @classmethod
     def from_factory(cls, factory: Any) -> LabelMaps:
@@ -160,50 +269,105 @@ class LabelMaps:
         return cls(read_id_map(entity_to_id), read_id_map(relation_to_id))
 
 
-def _inverse(mapping: Mapping[str, int]) -> list[str]:
-    out = [""] * len(mapping)
+def _inverse(mapping: Mapping[str, int], kind: str) -> list[str]:
+    out: list[str | None] = [None] * len(mapping)
     for label, index in mapping.items():
+        if not 0 <= index < len(out) or out[index] is not None:
+            raise TracInInputError(
+                f"the {kind} map must give its {len(out)} labels the ids 0..{len(out) - 1}; "
+                f"{label!r} has id {index}"
+            )
         out[index] = label
-    return out
+    return out  # type: ignore[return-value]  # every slot was filled: ids are 0..n-1
+
+
+def _check_ids(triples: Tensor, maps: LabelMaps | None, name: str) -> None:
+    """Shape, dtype and (with maps) range checks of an id tensor."""
+    if not isinstance(triples, Tensor) or triples.ndim != 2 or triples.shape[1] != 3:
+        shape = tuple(triples.shape) if isinstance(triples, Tensor) else type(triples).__name__
+        raise TracInInputError(f"{name} must be an (n, 3) tensor of ids, got {shape}")
+    if triples.dtype.is_floating_point or triples.dtype.is_complex or triples.dtype == torch.bool:
+        raise TracInInputError(f"{name} must hold integer ids, got dtype {triples.dtype}")
+    if triples.numel() == 0:
+        return
+    if int(triples.min()) < 0:
+        raise TracInInputError(f"{name} hold a negative id")
+    if maps is None:
+        return
+    for column, size, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation")):
+        columns = [0, 2] if column == 0 else [1]
+        largest = int(triples[:, columns].max())
+        if largest >= size:
+            raise TracInInputError(f"{name} hold {kind} id {largest}, but the maps have {size} {kind}s")
+
+
+# ---------------------------------------------------------------------------------------------- triples
 
 
 def read_labeled_triples(path: str | Path, maps: LabelMaps) -> Tensor:
-    """Read ``head<TAB>relation<TAB>tail`` lines (optionally ``.gz``) into ``(n, 3)`` ids.
+    """Read ``head<TAB>relation<TAB>tail`` lines (plain or gzipped) into ``(n, 3)`` ids.
+
+    Blank lines are skipped; there is no header. Ids are collected per chunk of lines into numpy
+    arrays, so millions of lines never live as Python objects all at once.
+
+    Args:
+        path: the labelled triples file.
+        maps: the label maps of the training triples.
+
+    Returns:
+        LongTensor ``(n, 3)`` of ids, in file order.
 
     Raises:
-        TracInInputError: naming ``path:line`` for a wrong column count or an unknown label.
+        TracInInputError: for a missing file, or naming ``path:line`` for a wrong column count or an
+            unknown label.
     """
     path = Path(path)
-    chunks: list[np.ndarray] = []
-    chunk = np.empty((65536, 3), dtype=np.int64)
-    filled = 0
     entities, relations = maps.entity_to_id, maps.relation_to_id
-    for number, parts in _lines(path):
-        if len(parts) != 3:
-            raise TracInInputError(f"{path}:{number}: expected 3 tab-separated columns, found {len(parts)}")
-        try:
-            chunk[filled] = (entities[parts[0]], relations[parts[1]], entities[parts[2]])
-        except KeyError:
-            maps._ids(parts, f"{path}:{number}")  # raises, naming the label
-        filled += 1
-        if filled == len(chunk):  # keep ids in compact arrays, never per-line Python objects
-            chunks.append(chunk)
-            chunk, filled = np.empty_like(chunk), 0
-    chunks.append(chunk[:filled])
-    return torch.from_numpy(np.concatenate(chunks))
+    chunks: list[np.ndarray] = []
+    for first, lines in _read_chunks(path):
+        ids: list[int] = []
+        extend = ids.extend
+        try:  # fast path; any odd line (blank, malformed, unknown) sends the chunk to the careful one
+            for line in lines:
+                head, relation, tail = line.rstrip("\r\n").split("\t")
+                extend((entities[head], relations[relation], entities[tail]))
+        except (ValueError, KeyError):
+            ids = _careful_ids(path, first, lines, maps)
+        chunks.append(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+    flat = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    return torch.from_numpy(flat.reshape(-1, 3))
+
+
+def _careful_ids(path: Path, first: int, lines: list[str], maps: LabelMaps) -> list[int]:
+    """Ids of a chunk, skipping blank lines and raising with the line number of a bad one."""
+    ids: list[int] = []
+    for number, line in enumerate(lines, start=first):
+        cells = _split(line)
+        if cells is None:
+            continue
+        if len(cells) != 3:
+            raise TracInInputError(f"{path}:{number}: expected 3 tab-separated columns, found {len(cells)}")
+        ids.extend(maps._ids(cells, f"{path}:{number}"))
+    return ids
 
 
 class TripleBatches(Dataset):
     """Map-style dataset whose item ``i`` is the ``i``-th contiguous batch of training triples.
 
-    Items are ``{"index": (b,), "triples": (b, 3)}`` with ``index`` the rows' positions in the
-    training list. Used with ``DataLoader(batch_size=None)``; under DDP, Lightning's predict sampler
-    hands rank ``r`` the batches ``r, r + W, ...``: no duplicates, none dropped.
+    Items are ``{"index": LongTensor (b,), "triples": LongTensor (b, 3)}`` with ``index`` the rows'
+    positions (plus ``offset``). Use with ``DataLoader(dataset, batch_size=None)`` so each item is a
+    whole batch; under DDP, Lightning's predict sampler gives rank ``r`` the items ``r, r + W, ...``,
+    each exactly once.
+
+    Args:
+        triples: ``(n, 3)`` ids.
+        batch_size: rows per item (the last item may be shorter).
+        offset: added to the row positions in ``index``.
     """
 
     def __init__(self, triples: Tensor, *, batch_size: int, offset: int = 0) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
         self.triples = triples
         self.batch_size = batch_size
         self.offset = offset
@@ -213,35 +377,59 @@ class TripleBatches(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         if not 0 <= i < len(self):
-            raise IndexError(i)
+            raise IndexError(f"batch {i} out of range: {len(self)} batches")
         start = i * self.batch_size
         stop = min(start + self.batch_size, self.triples.shape[0])
-        return {
-            "index": torch.arange(start + self.offset, stop + self.offset),
-            "triples": torch.as_tensor(self.triples[start:stop]).long(),
-        }
+        triples = self.triples[start:stop]  # a view: no copy in the main process
+        if get_worker_info() is not None:
+            # a view sent from a worker would move the whole tensor's storage to shared memory
+            triples = triples.clone()
+        return {"index": torch.arange(start + self.offset, stop + self.offset), "triples": triples}
+
+
+# ------------------------------------------------------------------------------------------ datamodule
 
 
 class TriplesDataModule(L.LightningDataModule):
-    """Streams training triples in batches; holds the test triples and the label maps.
+    """Streams the training triples in whole batches; holds the test triples and the label maps.
 
     Everything is read when the module is created, so bad input fails before any computation.
+    Give exactly one training source: ``dataset``, ``directory`` or ``train_path``.
 
     Args:
-        dataset: a PyKEEN dataset name (``nations``, ``kinships``, ``umls`` ship with PyKEEN and work
-            offline); training triples = its training split, test file = its testing split.
-        directory: a PyKEEN ``save_to_directory`` folder (training triples from ``training_triples/``).
-        train_path: labelled training triples, ``head<TAB>relation<TAB>tail`` per line (needs
-            ``entity_to_id`` and ``relation_to_id``).
-        test_path: labelled test triples (for ``dataset``, defaults to its testing split).
-        entity_to_id: entity map file: PyKEEN's ``id<TAB>label`` with header (``.gz`` ok) or ``label<TAB>id``.
-        relation_to_id: relation map file, same layouts.
-        test_indices: rows of the test file to explain.
-        num_test: explain the first N rows of the test file.
-        test_labels: test triples as labels, e.g. ``[["permethrin", "treats", "scabies"]]``.
-        batch_size: training triples per step.
-        num_workers: DataLoader worker processes.
+        dataset: name of a PyKEEN dataset (``nations``, ``kinships`` and ``umls`` ship with PyKEEN and
+            work offline). Training triples = its training split; test triples default to its testing
+            split.
+        directory: a folder written by PyKEEN's ``save_to_directory`` (or its ``training_triples/``
+            subfolder); training triples and label maps come from ``training_triples/``. Needs
+            ``test_path`` or ``test_labels``.
+        train_path: labelled training triples, ``head<TAB>relation<TAB>tail`` per line (``.gz`` ok).
+            Needs ``entity_to_id`` and ``relation_to_id``.
+        test_path: labelled test triples in the same format, encoded with the training maps. Defaults
+            to the testing split when ``dataset`` is given.
+        entity_to_id: entity map file for ``train_path``: PyKEEN's ``id<TAB>label`` with a header
+            (e.g. ``training_triples/entity_to_id.tsv.gz``) or the older ``label<TAB>id``.
+        relation_to_id: relation map file for ``train_path``, same layouts.
+        test_indices: explain only these rows (0-based positions) of the test triples.
+        num_test: explain only the first N test triples.
+        test_labels: test triples given directly as labels, e.g. ``[[brazil, embassy, usa]]``; replaces
+            the test file.
+        batch_size: training triples per prediction step (more is faster but needs more memory).
+        num_workers: DataLoader worker processes (0 loads batches in the main process).
+
+    Attributes:
+        maps: the label maps (None only for :meth:`from_tensors` without maps).
+        train_triples: ``(N, 3)`` training ids; ``train_source`` describes where they came from.
+        test_triples: ``(T, 3)`` test ids; ``test_index`` holds their rows in the test source,
+            described by ``test_source``.
     """
+
+    maps: LabelMaps | None
+    train_triples: Tensor
+    test_triples: Tensor
+    test_index: Tensor
+    train_source: str
+    test_source: str
 
     def __init__(
         self,
@@ -260,76 +448,74 @@ class TriplesDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        sources = [s for s in (dataset, directory, train_path) if s is not None]
-        if len(sources) != 1:
+        self._set_loading(batch_size, num_workers)
+        given = {
+            name: value
+            for name, value in (("dataset", dataset), ("directory", directory), ("train_path", train_path))
+            if value is not None
+        }
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
             raise TracInInputError(
-                "give exactly one training triple source: dataset, directory or train_path"
+                f"give exactly one training triple source: dataset, directory or train_path (got {found})"
             )
+        if train_path is None and (entity_to_id is not None or relation_to_id is not None):
+            raise TracInInputError(
+                "entity_to_id and relation_to_id apply only to train_path: "
+                f"the {next(iter(given))} brings its own maps"
+            )
+        if test_labels is not None and test_path is not None:
+            raise TracInInputError("give test_labels or test_path, not both")
+        if test_indices is not None and num_test is not None:
+            raise TracInInputError("give test_indices or num_test, not both")
+
         default_test: Tensor | None = None
+        maps: LabelMaps
         if dataset is not None:
-            from pykeen.datasets import get_dataset
-
-            loaded = get_dataset(dataset=dataset)
-            self.maps = LabelMaps.from_factory(loaded.training)
-            self.train_triples = loaded.training.mapped_triples
-            default_test = loaded.testing.mapped_triples
-            self.train_source = f"pykeen dataset {dataset}"
+            training, testing = _load_dataset(dataset)
+            maps = LabelMaps.from_factory(training)
+            train, default_test = training.mapped_triples, testing.mapped_triples
+            self.train_source = f"PyKEEN dataset {dataset!r} (training split)"
         elif directory is not None:
-            from pykeen.triples import TriplesFactory
-
-            folder = Path(directory) / "training_triples"
-            if not folder.is_dir():
-                raise TracInInputError(
-                    f"{directory} has no training_triples/ folder (PyKEEN save_to_directory)"
-                )
-            factory = TriplesFactory.from_path_binary(folder)
-            self.maps = LabelMaps.from_factory(factory)
-            self.train_triples = factory.mapped_triples
+            factory, folder = _load_directory(Path(directory))
+            maps = LabelMaps.from_factory(factory)
+            train = factory.mapped_triples
             self.train_source = str(folder)
         else:
             if entity_to_id is None or relation_to_id is None:
-                raise TracInInputError("train_path needs entity_to_id and relation_to_id map files")
-            self.maps = LabelMaps.from_files(entity_to_id, relation_to_id)
-            self.train_triples = read_labeled_triples(str(train_path), self.maps)
+                missing = " and ".join(
+                    name
+                    for name, value in (("entity_to_id", entity_to_id), ("relation_to_id", relation_to_id))
+                    if value is None
+                )
+                raise TracInInputError(f"train_path {train_path} needs the map files: give {missing}")
+            maps = LabelMaps.from_files(entity_to_id, relation_to_id)
+            train = read_labeled_triples(str(train_path), maps)
             self.train_source = str(train_path)
-        if self.train_triples.shape[0] == 0:
+        if train.shape[0] == 0:
             raise TracInInputError(f"no training triples in {self.train_source}")
-        self.test_triples, self.test_index = self._test(
-            default_test, test_path, test_indices, num_test, test_labels
-        )
+        self.maps, self.train_triples = maps, train.long()
 
-    def _test(
-        self,
-        default: Tensor | None,
-        test_path: str | None,
-        test_indices: list[int] | None,
-        num_test: int | None,
-        test_labels: list[list[str]] | None,
-    ) -> tuple[Tensor, Tensor]:
         if test_labels is not None:
-            triples = self.maps.encode(test_labels, source="test_labels")
-            source = "test_labels"
+            test, self.test_source = maps.encode(test_labels, source="test_labels"), "test_labels"
         elif test_path is not None:
-            triples, source = read_labeled_triples(test_path, self.maps), test_path
-        elif default is not None:
-            triples, source = default, f"{self.train_source} testing split"
+            test, self.test_source = read_labeled_triples(test_path, maps), str(test_path)
+        elif default_test is not None:
+            test, self.test_source = default_test, f"PyKEEN dataset {dataset!r} (testing split)"
         else:
-            raise TracInInputError("no test triples: give test_path or test_labels")
-        index = torch.arange(triples.shape[0])
-        if test_indices is not None:
-            for i in test_indices:
-                if not 0 <= i < triples.shape[0]:
-                    raise TracInInputError(
-                        f"test index {i} is out of range: {source} has {triples.shape[0]} rows"
-                    )
-            index = torch.tensor(test_indices, dtype=torch.long)
-        elif num_test is not None:
-            index = index[:num_test]
-        if index.numel() == 0:
-            raise TracInInputError(f"no test triples selected from {source}")
-        return triples[index], index
+            raise TracInInputError(f"no test triples for {self.train_source}: give test_path or test_labels")
+        if test.shape[0] == 0:
+            raise TracInInputError(f"no test triples selected from {self.test_source}: it holds none")
+        self.test_index = _select(test.shape[0], test_indices, num_test, self.test_source)
+        self.test_triples = test.long()[self.test_index]
+
+    def _set_loading(self, batch_size: int, num_workers: int) -> None:
+        if batch_size < 1:
+            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise TracInInputError(f"num_workers must be 0 or more, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
 
     @classmethod
     def from_tensors(
@@ -341,19 +527,30 @@ class TriplesDataModule(L.LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
     ) -> TriplesDataModule:
-        """A datamodule over id tensors ``(N, 3)`` and ``(T, 3)`` (no files)."""
-        for name, triples in (("training", train), ("test", test)):
-            if triples.ndim != 2 or triples.shape[1] != 3:
-                raise TracInInputError(f"{name} triples must have shape (n, 3), got {tuple(triples.shape)}")
+        """A datamodule over id tensors ``(N, 3)`` and ``(T, 3)``, without files.
+
+        Args:
+            train: training triples (ids).
+            test: test triples (ids); ``test_index`` is ``0 .. T-1``.
+            maps: label maps for readable output; ids are checked against them.
+            batch_size: training triples per prediction step.
+            num_workers: DataLoader worker processes.
+
+        Raises:
+            TracInInputError: for a wrong shape or dtype, no triples, or ids outside the maps.
+        """
+        for name, triples in (("training triples", train), ("test triples", test)):
+            _check_ids(triples, maps, name)
             if triples.shape[0] == 0:
-                raise TracInInputError(f"no {name} triples")
+                raise TracInInputError(f"no {name} in the tensor")
         module = cls.__new__(cls)
-        L.LightningDataModule.__init__(module)
-        module.batch_size, module.num_workers = batch_size, num_workers
-        module.maps = maps  # type: ignore[assignment]
-        module.train_triples, module.test_triples = train.long(), test.long()
+        L.LightningDataModule.__init__(module)  # no files to read: skip __init__'s source handling
+        module._set_loading(batch_size, num_workers)
+        module.maps = maps
+        module.train_triples = train.detach().to("cpu", torch.long)
+        module.test_triples = test.detach().to("cpu", torch.long)
         module.test_index = torch.arange(test.shape[0])
-        module.train_source = "tensors"
+        module.train_source = module.test_source = "tensors"
         return module
 
     @property
@@ -363,14 +560,75 @@ class TriplesDataModule(L.LightningDataModule):
 
     @property
     def num_relations(self) -> int | None:
-        """Relations in the maps (None without maps)."""
+        """Relations in the maps, without inverses (None without maps)."""
         return None if self.maps is None else self.maps.num_relations
 
     @override
     def predict_dataloader(self) -> DataLoader:
+        dataset = TripleBatches(self.train_triples, batch_size=self.batch_size)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if len(dataset) < world_size:
+            # Lightning's unrepeated predict sampler asserts that every rank gets at least one item
+            raise TracInInputError(
+                f"{self.train_triples.shape[0]} training triples in batches of {self.batch_size} make "
+                f"{len(dataset)} batch(es), fewer than the {world_size} processes: lower batch_size"
+            )
+        # batch_size=None: each item already is a whole batch; Lightning keeps it when it injects
+        # its distributed sampler, so rank r gets batches r, r + W, ...
         return DataLoader(
-            TripleBatches(self.train_triples, batch_size=self.batch_size),
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.num_workers,
+            dataset, batch_size=None, shuffle=False, num_workers=self.num_workers, pin_memory=False
         )
+
+
+def _select(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
+    """Rows of the test triples to keep."""
+    if test_indices is not None:
+        if not test_indices:
+            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
+        seen: set[int] = set()
+        for i in test_indices:
+            if not 0 <= i < size:
+                raise TracInInputError(
+                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
+                )
+            if i in seen:
+                raise TracInInputError(f"test index {i} is given twice")
+            seen.add(i)
+        return torch.tensor(test_indices, dtype=torch.long)
+    if num_test is not None:
+        if not 1 <= num_test <= size:
+            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
+        return torch.arange(num_test)
+    return torch.arange(size)
+
+
+def _load_dataset(name: str) -> tuple[Any, Any]:
+    """Training and testing factories of a PyKEEN dataset."""
+    from pykeen.datasets import get_dataset
+
+    try:
+        loaded = get_dataset(dataset=name)
+    except Exception as error:  # unknown name, failed download, ...: name what was asked for
+        raise TracInInputError(f"cannot load PyKEEN dataset {name!r}: {error}") from error
+    return loaded.training, loaded.testing
+
+
+def _load_directory(directory: Path) -> tuple[Any, Path]:
+    """The training factory of a ``save_to_directory`` folder, and the folder it was read from."""
+    from pykeen.triples import TriplesFactory
+
+    if not directory.is_dir():
+        raise TracInInputError(f"directory not found: {directory}")
+    folder = directory / "training_triples"
+    if not (folder / "base.pth").is_file():
+        if not (directory / "base.pth").is_file():
+            raise TracInInputError(
+                f"{directory} has no training_triples/base.pth: expected a folder written by PyKEEN's "
+                "save_to_directory (or TriplesFactory.to_path_binary)"
+            )
+        folder = directory
+    try:
+        factory = TriplesFactory.from_path_binary(folder)
+    except Exception as error:  # missing map file, corrupt archive: name the folder
+        raise TracInInputError(f"cannot read the PyKEEN triples in {folder}: {error}") from error
+    return factory, folder
