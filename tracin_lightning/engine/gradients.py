@@ -167,7 +167,17 @@ class PerSampleGradients:
 
             return hook
 
+        def batchnorm_in_float32(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+            # vmap(grad) over BatchNorm fails on a reduced-precision input with float32 statistics
+            # (seen with autocast bf16); normalising in float32 is also the more precise choice.
+            if args[0].dtype in (torch.float16, torch.bfloat16):
+                return (args[0].float(), *args[1:])
+            return None
+
         try:
+            for module in modules.values():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    handles.append(module.register_forward_pre_hook(batchnorm_in_float32))
             for name in rows:
                 handles.append(modules[name].register_forward_hook(make("rows", name)))
             for name in linear:
@@ -187,7 +197,15 @@ class PerSampleGradients:
         return calls.shapes
 
     def make_plan(self, state: Mapping[str, Tensor], triple: Tensor) -> GradientPlan:
-        """Choose a path per parameter and check it against autograd on ``triple`` (shape ``(1, 3)``)."""
+        """Choose a path per parameter and check it against autograd on ``triple`` (shape ``(1, 3)``).
+
+        The plan is structural, so it is made in full precision even under autocast: a reduced-precision
+        check would mistake rounding for a wrong path.
+        """
+        with torch.autocast(device_type=triple.device.type, enabled=False):
+            return self._make_plan(state, triple)
+
+    def _make_plan(self, state: Mapping[str, Tensor], triple: Tensor) -> GradientPlan:
         rows, linear = self._candidate_modules()
         plan = GradientPlan(rows=rows, linear=linear)
         shapes = self._record(state, triple, plan)
