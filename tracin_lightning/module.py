@@ -129,6 +129,7 @@ class TracInModule(L.LightningModule):
         self.test_grads: list[SampleGradients] = []
         self.topk: TopK | None = None
         self.triples_seen = 0
+        self.skip_batches: set[int] = set()  # batches (by first row) already done in a resumed run
 
     # ---------------------------------------------------------------- hooks
     @override
@@ -140,7 +141,9 @@ class TracInModule(L.LightningModule):
             self._cache_test_gradients()
 
     @override
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
+        if self.skip_batches and int(batch["index"][0]) in self.skip_batches:
+            return None
         triples, index = batch["triples"].to(self.device), batch["index"]
         self._check_ids(triples, "training triples", index)
         self.triples_seen += triples.shape[0]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
 import platform
 import shutil
 import time
@@ -20,6 +23,7 @@ from typing_extensions import override
 
 from ._io import atomic_path, write_json
 from .engine.topk import TopK, merge_topk
+from .errors import TracInInputError
 
 __all__ = ["SELF_COLUMNS", "TOPK_COLUMNS", "InfluenceWriter"]
 
@@ -43,18 +47,37 @@ class InfluenceWriter(BasePredictionWriter):
     - ``influence_matrix.npy``: float32 ``(num_test, num_train)`` matrix (``save_matrix``);
     - ``run.json``: what was computed, how, and how fast.
 
+    Long runs survive interruption: every ``flush_every`` batches each rank makes its partial files
+    durable and records what it has done in ``output_dir/.partial/state.rank*.pt``. Rerunning the
+    same command continues after the last recorded chunk; a rerun that differs in the model,
+    checkpoints, options, triples, batch size, precision or world size is refused.
+
     Args:
         output_dir: folder for the results (created if missing).
         save_matrix: also write the full influence matrix (``num_test x num_train`` float32).
+        flush_every: batches per recorded chunk.
+        resume: continue from recorded partial results in ``output_dir`` (False starts over).
     """
 
-    def __init__(self, *, output_dir: str = "runs/tracin", save_matrix: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        output_dir: str = "runs/tracin",
+        save_matrix: bool = False,
+        flush_every: int = 50,
+        resume: bool = True,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.save_matrix = save_matrix
+        self.flush_every = max(1, flush_every)
+        self.resume = resume
         self._started = 0.0
         self._count = 0
         self._batches = 0
+        self._done: list[int] = []
+        self._resumed: dict[str, Any] | None = None
+        self._fingerprint: dict[str, Any] = {}
         self._files: dict[str, Any] = {}
 
     @property
@@ -62,17 +85,65 @@ class InfluenceWriter(BasePredictionWriter):
         """Where ranks keep their partial results until the merge."""
         return self.output_dir / PARTIAL
 
+    def _state_path(self, rank: int) -> Path:
+        return self.partial_dir / f"state.rank{rank}.pt"
+
     # ---------------------------------------------------------------- hooks
     @override
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
         self._count = self._batches = 0
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self._done = []
         rank = trainer.global_rank
+        self._fingerprint = _fingerprint(trainer, pl_module, self.save_matrix)
+        self._resumed = self._load_state(rank) if self.resume else None
+        if self._resumed is None and rank == 0 and not self.resume:
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
         self._files = {}
         if self.save_matrix or getattr(pl_module, "mode", None) == "self":
-            self._files["values"] = open(self.partial_dir / f"values.rank{rank}.bin", "wb")  # noqa: SIM115
-            self._files["index"] = open(self.partial_dir / f"index.rank{rank}.bin", "wb")  # noqa: SIM115
+            for name in ("values", "index"):
+                path = self.partial_dir / f"{name}.rank{rank}.bin"
+                handle = open(path, "r+b" if self._resumed else "wb")  # noqa: SIM115
+                if self._resumed:  # drop whatever was appended after the last recorded chunk
+                    handle.truncate(self._resumed["bytes"][name])
+                    handle.seek(0, 2)
+                self._files[name] = handle
+        if self._resumed:
+            self._count, self._batches = self._resumed["triples"], self._resumed["batches"]
+            self._done = list(self._resumed["done"])
+
+    def _load_state(self, rank: int) -> dict[str, Any] | None:
+        path = self._state_path(rank)
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != self._fingerprint:
+            differ = sorted(
+                k for k in self._fingerprint if state["fingerprint"].get(k) != self._fingerprint[k]
+            )
+            raise TracInInputError(
+                f"{self.output_dir} holds partial results of a different run "
+                f"(differs in: {', '.join(differ)}); "
+                "refusing to mix them: use another output_dir, or delete "
+                f"{self.partial_dir} to start over"
+            )
+        return state
+
+    @override
+    def on_predict_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Runs after the module's on_predict_start, so the restored top-k is not reset by it.
+        if batch_idx == 0 and self._resumed is not None:
+            pl_module.skip_batches = set(self._done)  # type: ignore[assignment]
+            if self._resumed["topk"] is not None:
+                pl_module.topk = self._resumed["topk"].to(pl_module.device)  # type: ignore[assignment]
 
     @override
     def write_on_batch_end(
@@ -85,32 +156,49 @@ class InfluenceWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if prediction is None:  # a batch finished before an interruption
+            return
         index: Tensor = prediction["index"]
         self._count += int(index.numel())
         self._batches += 1
-        if "values" not in self._files:
-            return
-        values = prediction["self_influence"] if "self_influence" in prediction else prediction["influence"]
-        # (B,) or (T, B) -> B records of T float32 each, so each training row's column is contiguous
-        block = values.detach().float().reshape(-1, index.numel()).T.contiguous().cpu().numpy()
-        self._files["values"].write(block.tobytes())
-        self._files["index"].write(index.cpu().numpy().astype(np.int64).tobytes())
+        self._done.append(int(index[0]))
+        if "values" in self._files:
+            values = (
+                prediction["self_influence"] if "self_influence" in prediction else prediction["influence"]
+            )
+            # (B,) or (T, B) -> B records of T float32 each, so each training row's column is contiguous
+            block = values.detach().float().reshape(-1, index.numel()).T.contiguous().cpu().numpy()
+            self._files["values"].write(block.tobytes())
+            self._files["index"].write(index.cpu().numpy().astype(np.int64).tobytes())
+        if self._batches % self.flush_every == 0:
+            self._save_state(trainer, pl_module)
+
+    def _save_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Make everything so far durable, then record it: a kill at any point loses at most one chunk."""
+        sizes = {}
+        for name, handle in self._files.items():
+            handle.flush()
+            os.fsync(handle.fileno())
+            sizes[name] = handle.tell()
+        topk = getattr(pl_module, "topk", None)
+        state = {
+            "fingerprint": self._fingerprint,
+            "rank": trainer.global_rank,
+            "triples": self._count,
+            "batches": self._batches,
+            "done": self._done,
+            "bytes": sizes,
+            "topk": None if topk is None else topk.to("cpu"),
+        }
+        with atomic_path(self._state_path(trainer.global_rank)) as tmp:
+            torch.save(state, tmp)
 
     @override
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_state(trainer, pl_module)
         for handle in self._files.values():
             handle.close()
-        rank = trainer.global_rank
-        topk = getattr(pl_module, "topk", None)
-        torch.save(
-            {
-                "rank": rank,
-                "triples": self._count,
-                "batches": self._batches,
-                "topk": None if topk is None else topk.to("cpu"),
-            },
-            self.partial_dir / f"summary.rank{rank}.pt",
-        )
+        self._files = {}
         trainer.strategy.barrier("tracin-writer-merge")
         if trainer.is_global_zero:
             self._merge(trainer, pl_module)
@@ -120,18 +208,17 @@ class InfluenceWriter(BasePredictionWriter):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # A failed run leaves no partial results behind (final files are only ever written whole).
+        # Recorded chunks stay for a resume; a run that recorded nothing leaves nothing behind.
         for handle in self._files.values():
             handle.close()
         self._files = {}
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        if not any(self.partial_dir.glob("state.rank*.pt")):
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- merge
     def _merge(self, trainer: L.Trainer, pl_module: Any) -> None:
         world = trainer.world_size
-        summaries = [
-            torch.load(self.partial_dir / f"summary.rank{r}.pt", weights_only=False) for r in range(world)
-        ]
+        summaries = [torch.load(self._state_path(r), weights_only=False) for r in range(world)]
         datamodule = getattr(trainer, "datamodule", None)
         labels = _Labels(datamodule, pl_module)
         num_train = sum(s["triples"] for s in summaries)
@@ -246,6 +333,34 @@ class _Labels:
         if self.train is None:
             return "", "", ""
         return self._label(self.train[row].tolist())
+
+
+def _digest(tensor: Tensor | None) -> str | None:
+    if tensor is None:
+        return None
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[str, Any]:
+    """What must be equal for partial results to be resumed (not devices, precision plugins, timings)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    hparams = {k: v for k, v in dict(pl_module.hparams).items() if k not in ("compile", "test_batch_size")}
+    test = (
+        pl_module.test_triples
+        if pl_module.test_triples is not None
+        else getattr(datamodule, "test_triples", None)
+    )
+    return {
+        "model": getattr(pl_module, "model_source", None),
+        "checkpoints": [(c.name, c.learning_rate) for c in getattr(pl_module, "checkpoint_list", [])],
+        "options": json.dumps(hparams, sort_keys=True, default=str),
+        "test_triples": _digest(test),
+        "train_triples": _digest(getattr(datamodule, "train_triples", None)),
+        "batch_size": getattr(datamodule, "batch_size", None),
+        "save_matrix": save_matrix,
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+    }
 
 
 def _num(value: float) -> str:
