@@ -172,6 +172,14 @@ class InfluenceWriter(BasePredictionWriter):
             self._files["index"].write(index.cpu().numpy().astype(np.int64).tobytes())
         if self._batches % self.flush_every == 0:
             self._save_state(trainer, pl_module)
+        self._show_rate(trainer)
+
+    def _show_rate(self, trainer: L.Trainer) -> None:
+        # Lightning's bar counts batches (and estimates time left); show training triples per second too.
+        bar = getattr(trainer.progress_bar_callback, "predict_progress_bar", None)
+        elapsed = time.perf_counter() - self._started
+        if bar is not None and hasattr(bar, "set_postfix") and elapsed > 0:
+            bar.set_postfix({"triples/s": f"{self._count / elapsed:,.0f}"}, refresh=False)
 
     def _save_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Make everything so far durable, then record it: a kill at any point loses at most one chunk."""
