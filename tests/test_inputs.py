@@ -203,3 +203,34 @@ def test_pykeen_written_maps_round_trip(tmp_path: Path) -> None:
         tmp_path / "training_triples" / "relation_to_id.tsv.gz",
     )
     assert maps == data.maps
+
+
+def test_prepared_id_array_is_memory_mapped(nations_files, tmp_path: Path) -> None:
+    import numpy as np
+
+    from tracin_lightning.cli import main as cli
+
+    ids = tmp_path / "train.npy"
+    maps = [
+        "--entity-to-id",
+        str(nations_files["entity_to_id"]),
+        "--relation-to-id",
+        str(nations_files["relation_to_id"]),
+    ]
+    cli(["prepare", "--train-path", str(nations_files["train"]), *maps, "--output", str(ids)])
+    kwargs = {
+        "entity_to_id": str(nations_files["entity_to_id"]),
+        "relation_to_id": str(nations_files["relation_to_id"]),
+    }
+    text = TriplesDataModule(
+        train_path=str(nations_files["train"]), test_path=str(nations_files["test"]), **kwargs
+    )
+    mapped = TriplesDataModule(train_path=str(ids), test_path=str(nations_files["test"]), **kwargs)
+    assert torch.equal(text.train_triples, mapped.train_triples)
+    assert isinstance(np.load(ids, mmap_mode="r"), np.memmap)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.array([[0, 0, 99]], dtype=np.int64))
+    with pytest.raises(
+        TracInInputError, match=rf"{bad}: row 0 has entity id 99, but the maps have 14 entities"
+    ):
+        TriplesDataModule(train_path=str(bad), test_path=str(nations_files["test"]), **kwargs)

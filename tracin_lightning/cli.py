@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -57,8 +58,33 @@ class TracInCLI(LightningCLI):
                 tmp.write_text(text)
 
 
+def prepare(args: list[str]) -> None:
+    """``tracin-lightning prepare``: labelled training triples -> memory-mappable ``.npy`` id array."""
+    import argparse
+
+    from .data import LabelMaps, prepare_id_array
+
+    parser = argparse.ArgumentParser(
+        prog="tracin-lightning prepare",
+        description="Convert labelled training triples once into an (N, 3) int64 .npy id array; use it as "
+        "data.train_path (with the same maps) so runs memory-map the ids instead of parsing text.",
+    )
+    parser.add_argument("--train-path", required=True, help="head<TAB>relation<TAB>tail file (.gz ok)")
+    parser.add_argument("--entity-to-id", required=True, help="entity map (PyKEEN or label<TAB>id layout)")
+    parser.add_argument("--relation-to-id", required=True, help="relation map")
+    parser.add_argument("--output", required=True, help="the .npy file to write")
+    options = parser.parse_args(args)
+    maps = LabelMaps.from_files(options.entity_to_id, options.relation_to_id)
+    path = prepare_id_array(options.train_path, maps, options.output)
+    print(f"wrote {path}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; ``args`` lets tests run the CLI in-process."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["prepare"]:
+        prepare(argv[1:])
+        return
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,15 @@ from typing_extensions import override
 
 from .errors import TracInInputError
 
-__all__ = ["LabelMaps", "TripleBatches", "TriplesDataModule", "read_id_map", "read_labeled_triples"]
+__all__ = [
+    "LabelMaps",
+    "TripleBatches",
+    "TriplesDataModule",
+    "load_id_array",
+    "prepare_id_array",
+    "read_id_map",
+    "read_labeled_triples",
+]
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 #: Header cells that name the id column of a map file (PyKEEN writes ``id<TAB>label``).
@@ -351,6 +360,51 @@ def _careful_ids(path: Path, first: int, lines: list[str], maps: LabelMaps) -> l
     return ids
 
 
+def prepare_id_array(train_path: str | Path, maps: LabelMaps, output: str | Path) -> Path:
+    """Convert labelled triples once into an ``(N, 3)`` int64 ``.npy`` id array (written atomically).
+
+    Runs then memory-map it (``train_path: ids.npy``): no parsing, and the operating system pages the
+    ids in as batches need them instead of every process holding its own copy.
+    """
+    from ._io import atomic_path
+
+    triples = read_labeled_triples(train_path, maps)
+    output = Path(output)
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, triples.numpy())
+    return output
+
+
+def _plural(kind: str) -> str:
+    return "entities" if kind == "entity" else f"{kind}s"
+
+
+def load_id_array(path: str | Path, maps: LabelMaps) -> Tensor:
+    """Memory-map an id array from :func:`prepare_id_array`, checked against the maps."""
+    path = Path(path)
+    if not path.is_file():
+        raise TracInInputError(f"file not found: {path}")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except ValueError as error:
+        raise TracInInputError(f"{path} is not a .npy id array ({error})") from None
+    if array.ndim != 2 or array.shape[1] != 3 or array.dtype != np.int64:
+        raise TracInInputError(
+            f"{path}: expected an (N, 3) int64 id array, found {array.shape} {array.dtype}"
+        )
+    for column, bound, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation"),
+                                (2, maps.num_entities, "entity")):  # fmt: skip
+        for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
+            values = array[start : start + (1 << 22), column]
+            if values.size and (values.min() < 0 or values.max() >= bound):
+                row = start + int(np.nonzero((values < 0) | (values >= bound))[0][0])
+                raise TracInInputError(f"{path}: row {row} has {kind} id {int(array[row, column])}, "
+                                       f"but the maps have {bound} {_plural(kind)}")  # fmt: skip
+    with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
 class TripleBatches(Dataset):
     """Map-style dataset whose item ``i`` is the ``i``-th contiguous batch of training triples.
 
@@ -403,7 +457,9 @@ class TriplesDataModule(L.LightningDataModule):
         directory: a folder written by PyKEEN's ``save_to_directory`` (or its ``training_triples/``
             subfolder); training triples and label maps come from ``training_triples/``. Needs
             ``test_path`` or ``test_labels``.
-        train_path: labelled training triples, ``head<TAB>relation<TAB>tail`` per line (``.gz`` ok).
+        train_path: labelled training triples, ``head<TAB>relation<TAB>tail`` per line (``.gz`` ok),
+            or a ``.npy`` id array written by ``tracin-lightning prepare`` (memory-mapped, for graphs
+            whose triples should not be parsed or held in RAM on every run).
             Needs ``entity_to_id`` and ``relation_to_id``.
         test_path: labelled test triples in the same format, encoded with the training maps. Defaults
             to the testing split when ``dataset`` is given.
@@ -490,7 +546,10 @@ class TriplesDataModule(L.LightningDataModule):
                 )
                 raise TracInInputError(f"train_path {train_path} needs the map files: give {missing}")
             maps = LabelMaps.from_files(entity_to_id, relation_to_id)
-            train = read_labeled_triples(str(train_path), maps)
+            if str(train_path).endswith(".npy"):  # ids written by `tracin-lightning prepare`, memory-mapped
+                train = load_id_array(str(train_path), maps)
+            else:
+                train = read_labeled_triples(str(train_path), maps)
             self.train_source = str(train_path)
         if train.shape[0] == 0:
             raise TracInInputError(f"no training triples in {self.train_source}")

@@ -259,7 +259,8 @@ class TracInModule(L.LightningModule):
                 row = int(torch.nonzero(bad)[0])
                 raise TracInInputError(
                     f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
-                    f"has {bound} {kind}s (do the entity/relation maps belong to this model?)"
+                    f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
+                    "(do the entity/relation maps belong to this model?)"
                 )
 
     def _non_finite(
