@@ -447,3 +447,22 @@ def test_callback_schedules_are_checked(tmp_path: Path) -> None:
         TracInCheckpoint(dirpath=tmp_path, every_n_epochs=5, epochs=[2])
     with pytest.raises(TracInInputError, match=r"epochs must be positive \(1-based\) integers"):
         PyKEENTracInCallback(directory=tmp_path, epochs=[0, 1])
+
+
+def test_tracin_over_pykeen_pipeline_checkpoints(pykeen_run: tuple[Path, nn.Module]) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pykeen.datasets import Nations
+    from reference import reference_influence
+
+    from tracin_lightning.api import compute_influence
+
+    root, model = pykeen_run
+    dataset = Nations()
+    train, test = dataset.training.mapped_triples[:40], dataset.testing.mapped_triples[:4]
+    rates = [0.1, 0.05, 0.025]
+    ours = compute_influence(model, train, test, checkpoints=str(root / "pykeen"), learning_rates=rates)
+    states = [c.load(model) for c in resolve_checkpoints(root / "pykeen", learning_rates=rates)]
+    reference = reference_influence(model, train, test, states=states, learning_rates=rates)
+    assert float((ours.double() - reference).abs().max() / reference.abs().max()) <= 1e-5

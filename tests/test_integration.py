@@ -80,3 +80,38 @@ def test_import_has_no_side_effects() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_user_loss_function() -> None:
+    model = TinyScorer().eval()
+    train = torch.tensor([[0, 1, 2], [3, 2, 5], [7, 0, 1], [4, 3, 4]])
+    test = torch.tensor([[2, 1, 0], [5, 3, 9]])
+
+    def margin(scorer: nn.Module, hrt: torch.Tensor) -> torch.Tensor:  # hinge against a fixed corrupted tail
+        corrupted = hrt.clone()
+        corrupted[:, 2] = (hrt[:, 2] + 1) % 20
+        return torch.relu(1.0 - scorer.score_hrt(hrt) + scorer.score_hrt(corrupted)).reshape(-1)
+
+    import lightning as L
+
+    from tracin_lightning import TracInModule, TriplesDataModule
+
+    trainer = L.Trainer(
+        inference_mode=False, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    out = trainer.predict(TracInModule(model=model, loss_fn=margin, top_k=0),
+                          datamodule=TriplesDataModule.from_tensors(train, test))  # fmt: skip
+    ours = torch.cat([o["influence"] for o in out], dim=1).double()
+
+    params = list(model.parameters())
+
+    def flat(hrt: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(margin(model, hrt.view(1, 3)).sum(), params, allow_unused=True)
+        return torch.cat(
+            [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]
+        )
+
+    reference = (
+        torch.stack([flat(t) for t in test]).double() @ torch.stack([flat(t) for t in train]).double().T
+    )
+    assert float((ours - reference).abs().max() / reference.abs().max()) <= 1e-5

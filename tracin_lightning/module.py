@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from .engine.influence import (
     batch_self_influence,
     test_gradients,
 )
-from .engine.losses import TripleLoss
+from .engine.losses import CustomTripleLoss, TripleLoss
 from .engine.structure import SampleGradients
 from .engine.topk import TopK
 from .errors import TracInInputError
@@ -67,6 +67,10 @@ class TracInModule(L.LightningModule):
         compile: run the per-sample gradient function through ``torch.compile``.
         test_batch_size: test triples per gradient call when caching the test gradients.
         test_triples: ``(T, 3)`` test triple ids; None takes them from the datamodule.
+        loss_fn: your own per-triple loss ``loss_fn(model, hrt) -> (b,)`` instead of ``loss`` (for
+            models that are not PyKEEN's, or losses of your own); inverse triples are then yours to
+            handle. Parameters reached outside embedding lookups and linear layers take the exact
+            dense path automatically.
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -99,9 +103,10 @@ class TracInModule(L.LightningModule):
         compile: bool = False,
         test_batch_size: int = 256,
         test_triples: Tensor | None = None,
+        loss_fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "test_triples"])
+        self.save_hyperparameters(ignore=["model", "test_triples", "loss_fn"])
         if mode not in ("influence", "self"):
             raise TracInInputError(f"mode must be 'influence' or 'self', got {mode!r}")
         if top_k < 0:
@@ -111,7 +116,14 @@ class TracInModule(L.LightningModule):
         self.inverse = (
             bool(getattr(self.kge_model, "use_inverse_triples", False)) if inverse is None else inverse
         )
-        self.triple_loss = TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
+        self.triple_loss: nn.Module = (
+            TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
+            if loss_fn is None
+            else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
+        )
+        self.loss_description = (
+            loss if loss_fn is None else f"custom: {getattr(loss_fn, '__qualname__', loss_fn)!s}"
+        )
         self.param_names = select_parameters(self.kge_model, params)
         if not self.param_names:
             raise TracInInputError("no trainable parameter selected")
@@ -297,7 +309,7 @@ class TracInModule(L.LightningModule):
             "model": self.model_source,
             "model_class": type(self.kge_model).__name__,
             "inverse_triples": self.inverse,
-            "loss": self.hparams["loss"],
+            "loss": self.loss_description,
             "mode": self.mode,
             "top_k": self.topk.k if self.topk is not None else self.top_k,
             "checkpoints": [

@@ -360,6 +360,7 @@ def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[
     )
     return {
         "model": getattr(pl_module, "model_source", None),
+        "loss": getattr(pl_module, "loss_description", None),
         "checkpoints": [(c.name, c.learning_rate) for c in getattr(pl_module, "checkpoint_list", [])],
         "options": json.dumps(hparams, sort_keys=True, default=str),
         "test_triples": _digest(test),

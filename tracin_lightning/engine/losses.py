@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LOSSES", "LossName", "TripleLoss", "TripleScorer"]
+__all__ = ["LOSSES", "CustomTripleLoss", "LossName", "TripleLoss", "TripleScorer"]
 
 LossName = Literal["bce", "score", "ce"]
 LOSSES: tuple[str, ...] = ("bce", "score", "ce")
@@ -61,3 +62,24 @@ class TripleLoss(nn.Module):
         forward = torch.stack([h, 2 * r, t], dim=-1)
         backward = torch.stack([t, 2 * r + 1, h], dim=-1)
         return self._direction(forward) + self._direction(backward)
+
+
+class CustomTripleLoss(nn.Module):
+    """A user's per-triple loss ``fn(model, hrt) -> (b,)`` as a module the engine can differentiate.
+
+    The function sees triples exactly as given (no inverse-triple handling is added) and must be
+    written with differentiable torch operations on the model's outputs, one loss per triple.
+
+    Args:
+        model: the scoring model.
+        fn: ``fn(model, hrt)`` returning the ``(b,)`` losses of the ``(b, 3)`` triples.
+    """
+
+    def __init__(self, *, model: nn.Module, fn: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, hrt: Tensor) -> Tensor:
+        """Loss of each triple, shape ``(b,)``."""
+        return self.fn(self.model, hrt).reshape(-1)
