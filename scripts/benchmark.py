@@ -104,6 +104,8 @@ class PeakMemory:
         self.peak = 0
         self.start = 0
         self.cuda_peak: int | None = None
+        self.load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
+        self.cpu_seconds = 0.0  # this process's CPU time in the block
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -114,6 +116,8 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         gc.collect()
         self.start = self.peak = _current_rss()
+        self.load = (os.getloadavg()[0], 0.0)
+        self._cpu = time.process_time()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -125,6 +129,8 @@ class PeakMemory:
         assert self._thread is not None
         self._thread.join()
         self.peak = max(self.peak, _current_rss())
+        self.load = (self.load[0], os.getloadavg()[0])
+        self.cpu_seconds = time.process_time() - self._cpu
         if self.device == "cuda":
             self.cuda_peak = torch.cuda.max_memory_allocated()
 
@@ -456,6 +462,8 @@ def make_row(
         "triples_per_second": 1 / per,
         "peak_rss_gib": None if memory is None else memory.peak / GIB,
         "peak_cuda_gib": None if memory is None or memory.cuda_peak is None else memory.cuda_peak / GIB,
+        "load_average_1min": None if memory is None else list(memory.load),
+        "process_cpu_seconds": None if memory is None else memory.cpu_seconds,
         "note": note,
     }
 
@@ -469,19 +477,20 @@ def fmt_ratio(value: float | None) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| method | triples timed | full pass (s) | ms / training triple | training triples / s "
-        "| speed-up vs classic | speed-up vs Captum | peak RSS (GiB) | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| speed-up vs classic | speed-up vs Captum | peak RSS (GiB) | load avg | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | - | - | - | - | - | - | - | FAILED: {r['error']} |")
+            lines.append(f"| {r['method']} | - | - | - | - | - | - | - | - | FAILED: {r['error']} |")
             continue
         full = ("~" if r["extrapolated"] else "") + f"{r['full_pass_seconds']:,.1f}"
         rss = "-" if r["peak_rss_gib"] is None else f"{r['peak_rss_gib']:.2f}"
+        load = "-" if not r.get("load_average_1min") else "{:.1f}→{:.1f}".format(*r["load_average_1min"])
         lines.append(
             f"| {r['method']} | {r['triples_timed']:,} | {full} | {r['ms_per_triple']:.3f} | "
             f"{r['triples_per_second']:,.0f} | {fmt_ratio(r.get('speedup_vs_classic'))} | "
-            f"{fmt_ratio(r.get('speedup_vs_captum'))} | {rss} | {r['note']} |"
+            f"{fmt_ratio(r.get('speedup_vs_captum'))} | {rss} | {load} | {r['note']} |"
         )
     return "\n".join(lines)
 
@@ -921,6 +930,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, value in result["summary"].items():
             if isinstance(value, float):
                 print(f"- {key.replace('_', ' ')}: {value:.2f}x")
+        busy = [
+            r["key"]
+            for r in result["rows"]
+            if r.get("load_average_1min") and max(r["load_average_1min"]) > (os.cpu_count() or 1) + 1
+        ]
+        if busy:
+            print(
+                f"- WARNING: 1-min load average above {os.cpu_count()} cores + 1 during {', '.join(busy)}: "
+                "other processes shared the CPU, so ratios involving these rows are unreliable"
+            )
         for key, value in result["agreement_max_relative_difference"].items():
             print(f"- max relative difference, {key}: {value:.1e}")
     elif "scaling" in result:
