@@ -6,11 +6,11 @@ PYTHON ?= python
 .PHONY: install install-dev demo test lint benchmark
 
 install:
-	$(PYTHON) -m pip install -q $(TORCH)
+	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
 	$(PYTHON) -m pip install -q -e .
 
 install-dev:
-	$(PYTHON) -m pip install -q $(TORCH)
+	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
 # Train a small ConvE on bundled Kinships (checkpoints every 5 epochs), explain 20 test triples.
@@ -29,4 +29,5 @@ lint: install-dev
 	mypy
 
 benchmark: install
+	$(PYTHON) -m pip install -q -e ".[bench]"
 	$(PYTHON) scripts/benchmark.py
