@@ -69,5 +69,5 @@ def test_resume_with_other_options_is_refused(saved_conve, tmp_path: Path) -> No
     assert killed.returncode == -signal.SIGKILL
     refused = predict(config(tmp_path, saved_conve, output, "influence", loss="score"))
     assert refused.returncode != 0
-    assert "holds partial results of a different run (differs in: options)" in refused.stderr
+    assert "holds partial results of a different run (differs in: loss, options)" in refused.stderr
     assert (output / ".partial" / "state.rank0.pt").is_file()  # the other run's results are kept
