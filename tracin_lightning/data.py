@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from typing_extensions import override
 
 from .errors import TracInInputError
+from .names import Names, read_edge_map, read_node_names
 
 __all__ = [
     "LabelMaps",
@@ -472,6 +473,10 @@ class TriplesDataModule(L.LightningDataModule):
             the test file.
         batch_size: training triples per prediction step (more is faster but needs more memory).
         num_workers: DataLoader worker processes (0 loads batches in the main process).
+        node_names: readable entity names, ``label<TAB>name`` or the older ``name<TAB>id`` lines;
+            outputs then carry ``*_name`` columns.
+        edge_map: readable relation names: JSON of JSON-encoded edge attributes (with a
+            ``predicate``) -> relation label, or a plain ``label -> name`` JSON.
 
     Attributes:
         maps: the label maps (None only for :meth:`from_tensors` without maps).
@@ -501,6 +506,8 @@ class TriplesDataModule(L.LightningDataModule):
         test_labels: list[list[str]] | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
+        node_names: str | None = None,
+        edge_map: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -567,6 +574,12 @@ class TriplesDataModule(L.LightningDataModule):
             raise TracInInputError(f"no test triples selected from {self.test_source}: it holds none")
         self.test_index = _select(test.shape[0], test_indices, num_test, self.test_source)
         self.test_triples = test.long()[self.test_index]
+        self.names: Names | None = None
+        if node_names is not None or edge_map is not None:
+            self.names = Names(
+                entities={} if node_names is None else read_node_names(node_names, maps.entity_to_id),
+                relations={} if edge_map is None else read_edge_map(edge_map),
+            )
 
     def _set_loading(self, batch_size: int, num_workers: int) -> None:
         if batch_size < 1:
@@ -610,6 +623,7 @@ class TriplesDataModule(L.LightningDataModule):
         module.test_triples = test.detach().to("cpu", torch.long)
         module.test_index = torch.arange(test.shape[0])
         module.train_source = module.test_source = "tensors"
+        module.names = None
         return module
 
     @property

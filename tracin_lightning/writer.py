@@ -25,13 +25,17 @@ from ._io import atomic_path, write_json
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
 
-__all__ = ["SELF_COLUMNS", "TOPK_COLUMNS", "InfluenceWriter"]
+__all__ = ["SELF_COLUMNS", "SELF_NAME_COLUMNS", "TOPK_COLUMNS", "TOPK_NAME_COLUMNS", "InfluenceWriter"]
 
 TOPK_COLUMNS = (
     "test_index", "test_head", "test_relation", "test_tail", "kind", "rank",
     "train_index", "train_head", "train_relation", "train_tail", "influence",
 )  # fmt: skip
 SELF_COLUMNS = ("train_index", "head", "relation", "tail", "self_influence")
+#: appended when the datamodule has readable names (``node_names`` / ``edge_map``)
+TOPK_NAME_COLUMNS = ("test_head_name", "test_relation_name", "test_tail_name",
+                     "train_head_name", "train_relation_name", "train_tail_name")  # fmt: skip
+SELF_NAME_COLUMNS = ("head_name", "relation_name", "tail_name")
 PARTIAL = ".partial"
 
 
@@ -261,6 +265,9 @@ class InfluenceWriter(BasePredictionWriter):
             "wall_seconds": round(wall, 3),
             "train_triples_per_second": round(num_train / wall, 1) if wall > 0 else None,
             "outputs": outputs,
+            "names_missing": None
+            if labels.names is None
+            else {kind: len(missing) for kind, missing in labels.names.missing.items()},
             "versions": _versions(),
         }
         write_json(self.output_dir / "run.json", info)
@@ -269,7 +276,7 @@ class InfluenceWriter(BasePredictionWriter):
     def _write_topk(self, top: TopK, labels: _Labels) -> None:
         with atomic_path(self.output_dir / "influence_topk.csv") as tmp, open(tmp, "w", newline="") as handle:
             out = csv.writer(handle)
-            out.writerow(TOPK_COLUMNS)
+            out.writerow(TOPK_COLUMNS + labels.name_columns(TOPK_NAME_COLUMNS))
             for t in range(top.proponent_values.shape[0]):
                 test = [labels.test_index(t), *labels.test_triple(t)]
                 for kind, values, index in (
@@ -277,7 +284,9 @@ class InfluenceWriter(BasePredictionWriter):
                     ("opponent", top.opponent_values[t], top.opponent_index[t]),
                 ):
                     for rank, (value, row) in enumerate(zip(values.tolist(), index.tolist()), start=1):
-                        out.writerow([*test, kind, rank, row, *labels.train_triple(row), _num(value)])
+                        train = labels.train_triple(row)
+                        names = labels.names_of(labels.test_triple(t)) + labels.names_of(train)
+                        out.writerow([*test, kind, rank, row, *train, _num(value), *names])
 
     def _read_partials(self, world: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         parts = [self._read_partials_rank(r, width) for r in range(world)]
@@ -303,9 +312,10 @@ class InfluenceWriter(BasePredictionWriter):
         order = np.lexsort((index, -values))  # descending score, ties by row
         with atomic_path(self.output_dir / "self_influence.csv") as tmp, open(tmp, "w", newline="") as handle:
             out = csv.writer(handle)
-            out.writerow(SELF_COLUMNS)
+            out.writerow(SELF_COLUMNS + labels.name_columns(SELF_NAME_COLUMNS))
             for row, value in zip(index[order].tolist(), values[order].tolist()):
-                out.writerow([row, *labels.train_triple(row), _num(value)])
+                train = labels.train_triple(row)
+                out.writerow([row, *train, _num(value), *labels.names_of(train)])
 
 
 class _Labels:
@@ -313,6 +323,7 @@ class _Labels:
 
     def __init__(self, datamodule: Any, pl_module: Any) -> None:
         self.maps = getattr(datamodule, "maps", None)
+        self.names = getattr(datamodule, "names", None)
         self.train = getattr(datamodule, "train_triples", None)
         self.test = pl_module.test_triple_list()
         test_index = getattr(datamodule, "test_index", None)
@@ -328,6 +339,15 @@ class _Labels:
             self.maps.relation_label(ids[1]),
             self.maps.entity_label(ids[2]),
         )
+
+    def name_columns(self, columns: tuple[str, ...]) -> tuple[str, ...]:
+        return () if self.names is None else columns
+
+    def names_of(self, triple: Sequence[str]) -> list[str]:
+        if self.names is None:
+            return []
+        head, relation, tail = triple
+        return [self.names.entity(head), self.names.relation(relation), self.names.entity(tail)]
 
     def test_index(self, t: int) -> int:
         return (
