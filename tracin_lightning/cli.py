@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -79,11 +81,59 @@ def prepare(args: list[str]) -> None:
     print(f"wrote {path}")
 
 
+def evaluate(args: list[str]) -> None:
+    """``tracin-lightning evaluate OUTPUT_DIR --expected FILE``: hits@k, MRR, MAP of known explanations."""
+    import argparse
+
+    import numpy as np
+    import torch
+    import yaml
+
+    from ._io import write_json
+    from .errors import TracInInputError
+    from .evaluate import explanation_metrics, read_expected_explanations
+
+    parser = argparse.ArgumentParser(
+        prog="tracin-lightning evaluate",
+        description="Score the influence ranking of a finished run (save_matrix: true) against expected "
+        "explanation edges; writes OUTPUT_DIR/explanation_metrics.json.",
+    )
+    parser.add_argument("output_dir", help="a finished run's writer.output_dir")
+    parser.add_argument(
+        "--expected",
+        required=True,
+        help="lines test_h, test_r, test_t, train_h, train_r, train_t (tab-separated)",
+    )
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 10, 100], help="cut-offs for hits@k")
+    options = parser.parse_args(args)
+    folder = Path(options.output_dir)
+    matrix_path, config_path = folder / "influence_matrix.npy", folder / "config.yaml"
+    for needed in (matrix_path, config_path):
+        if not needed.is_file():
+            raise TracInInputError(
+                f"{needed} not found: evaluate needs a finished run with writer.save_matrix: true"
+            )
+    data = TriplesDataModule(**yaml.safe_load(config_path.read_text())["data"])
+    if data.maps is None:
+        raise TracInInputError(f"{config_path}: the run has no label maps")
+    expected = read_expected_explanations(
+        options.expected,
+        test_labels=data.maps.labels(data.test_triples),
+        train_labels=data.maps.labels(data.train_triples),
+    )
+    metrics = explanation_metrics(torch.from_numpy(np.load(matrix_path)), expected, ks=options.ks)
+    write_json(folder / "explanation_metrics.json", {"expected": str(options.expected), **metrics})
+    print(json.dumps(metrics))
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; ``args`` lets tests run the CLI in-process."""
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["prepare"]:
         prepare(argv[1:])
+        return
+    if argv[:1] == ["evaluate"]:
+        evaluate(argv[1:])
         return
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.

@@ -1,0 +1,61 @@
+"""Evaluation against known explanations: metrics equal a hand computation from the full sort."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tracin_lightning.cli import main
+from tracin_lightning.data import TriplesDataModule
+from tracin_lightning.errors import TracInInputError
+from tracin_lightning.evaluate import explanation_metrics
+
+
+def test_metrics_equal_a_hand_computation() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 50, generator=generator)
+    expected = {0: {3, 7}, 2: {11}, 3: {0, 1, 2}}
+    got = explanation_metrics(scores, expected, ks=(1, 5))
+    hits1, hits5, rr, ap = [], [], [], []
+    for t, relevant in expected.items():
+        order = torch.argsort(scores[t], descending=True).tolist()
+        ranks = sorted(order.index(i) + 1 for i in relevant)
+        hits1.append(float(ranks[0] <= 1))
+        hits5.append(float(ranks[0] <= 5))
+        rr.append(1 / ranks[0])
+        ap.append(sum((j + 1) / rank for j, rank in enumerate(ranks)) / len(ranks))
+    assert got["hits@1"] == pytest.approx(np.mean(hits1), abs=1e-6)
+    assert got["hits@5"] == pytest.approx(np.mean(hits5), abs=1e-6)
+    assert got["mrr"] == pytest.approx(np.mean(rr), abs=1e-6)
+    assert got["map"] == pytest.approx(np.mean(ap), abs=1e-6)
+
+
+def test_evaluate_cli(saved_conve, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config = {
+        "model": {"model": str(saved_conve.directory), "checkpoints": str(saved_conve.manifest), "top_k": 2},
+        "data": {"dataset": "nations", "num_test": 2},
+        "writer": {"output_dir": str(output), "save_matrix": True},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path)])
+    data = TriplesDataModule(dataset="nations", num_test=2)
+    matrix = np.load(output / "influence_matrix.npy")
+    best = int(np.argmax(matrix[0]))  # the top proponent of test triple 0 as its "known explanation"
+    test = data.maps.labels(data.test_triples[:1])[0]
+    edge = data.maps.labels(data.train_triples[best : best + 1])[0]
+    expected = tmp_path / "expected.tsv"
+    expected.write_text("\t".join([*test, *edge]) + "\n")
+    main(["evaluate", str(output), "--expected", str(expected), "--ks", "1", "10"])
+    metrics = json.loads((output / "explanation_metrics.json").read_text())
+    assert metrics["hits@1"] == metrics["mrr"] == metrics["map"] == 1.0 and metrics["num_test"] == 1
+    expected.write_text("\t".join([*test, "brazil", "embassy", "atlantis"]) + "\n")
+    with pytest.raises(TracInInputError, match=rf"{expected}:1: .*atlantis.* is not a training triple"):
+        main(["evaluate", str(output), "--expected", str(expected)])
