@@ -816,7 +816,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     run.add_argument("--vmap-triples", type=int, default=256, help="dense-vmap subset (default 256)")
     run.add_argument("--vmap-batch-size", type=int, default=64, help="dense-vmap batch (default 64)")
-    run.add_argument("--captum-triples", type=int, default=160, help="Captum subset (default 160)")
+    run.add_argument("--captum-triples", type=int, default=288, help="Captum subset (default 288)")
     run.add_argument(
         "--captum-batch-size", type=int, default=32, help="Captum's DataLoader batch (default 32)"
     )
