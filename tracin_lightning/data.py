@@ -80,6 +80,27 @@ def _split(line: str) -> list[str] | None:
     return line.rstrip("\r\n").split("\t")
 
 
+def read_tsv_rows(path: str | Path, *, columns: int) -> list[tuple[int, list[str]]]:
+    """``(line number, cells)`` of a small tab-separated file (``.gz`` ok); blank lines skipped.
+
+    Raises:
+        TracInInputError: naming ``path:line`` for a line without exactly ``columns`` cells.
+    """
+    path = Path(path)
+    rows = []
+    for first, lines in _read_chunks(path):
+        for number, line in enumerate(lines, start=first):
+            cells = _split(line)
+            if cells is None:
+                continue
+            if len(cells) != columns:
+                raise TracInInputError(
+                    f"{path}:{number}: expected {columns} tab-separated columns, found {len(cells)}"
+                )
+            rows.append((number, cells))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- id maps
 
 

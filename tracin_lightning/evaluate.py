@@ -38,18 +38,12 @@ def read_expected_explanations(
         TracInInputError: naming ``path:line`` for a wrong column count, a test triple that was not
             explained in the run, or an edge that is not a training triple.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TracInInputError(f"expected-explanations file not found: {path}")
+    from .data import read_tsv_rows
+
     test_position = {triple: i for i, triple in enumerate(test_labels)}
     train_row = {triple: i for i, triple in enumerate(train_labels)}
     out: dict[int, set[int]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 6:
-            raise TracInInputError(f"{path}:{number}: expected 6 tab-separated columns, found {len(parts)}")
+    for number, parts in read_tsv_rows(path, columns=6):
         test, edge = (parts[0], parts[1], parts[2]), (parts[3], parts[4], parts[5])
         if test not in test_position:
             raise TracInInputError(f"{path}:{number}: test triple {test} was not explained in this run")

@@ -29,17 +29,9 @@ def read_node_names(path: str | Path, entity_to_id: Mapping[str, int] | None = N
     Raises:
         TracInInputError: naming ``path:line`` for a line without exactly two tab-separated columns.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TracInInputError(f"node name file not found: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2:
-            raise TracInInputError(f"{path}:{number}: expected 2 tab-separated columns, found {len(parts)}")
-        rows.append((parts[0], parts[1]))
+    from .data import read_tsv_rows
+
+    rows = [(cells[0], cells[1]) for _, cells in read_tsv_rows(path, columns=2)]
     if entity_to_id is not None and rows and all(b.strip().isdigit() for _, b in rows):
         id_to_label = {i: label for label, i in entity_to_id.items()}
         if all(int(b) in id_to_label for _, b in rows):

@@ -139,6 +139,7 @@ class PerSampleGradients:
         self.plan: GradientPlan | None = None
         self._active: _Calls | None = None
         self._fn: Callable[..., Any] | None = None
+        self._shapes: list[tuple[str, str, torch.Size]] | None = None
 
     # ----------------------------------------------------------------- hooks
     def _candidate_modules(self) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
@@ -242,6 +243,7 @@ class PerSampleGradients:
             expected = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
         self.plan = plan
         self._fn = None
+        self._shapes = None
         reduced = self(state, triple)
         rebuilt = to_dense(reduced, plan, {n: state[n] for n in self.params})
         wrong = set()
@@ -253,6 +255,7 @@ class PerSampleGradients:
                 wrong.add(name)
         self.plan = None
         self._fn = None
+        self._shapes = None
         # a linear layer's weight and bias share their probe: move both together
         for weight, bias in plan.linear.values():
             if weight in wrong or (bias is not None and bias in wrong):
@@ -282,7 +285,9 @@ class PerSampleGradients:
         if self.plan is None:
             self.plan = self.make_plan(state, triples[:1])
         plan = self.plan
-        shapes = self._record(state, triples[:1], plan)
+        if self._shapes is None:  # fixed by the model and plan: record once, not one extra forward per batch
+            self._shapes = self._record(state, triples[:1], plan)
+        shapes = self._shapes
         probes = [
             torch.zeros(shape, dtype=_dtype(state, plan, kind, name), device=triples.device)
             for kind, name, shape in shapes

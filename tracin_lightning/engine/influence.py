@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .gradients import PerSampleGradients
-from .structure import SampleGradients, pairwise_dot, self_dot
+from .structure import LinearGradients, RowGradients, SampleGradients, pairwise_dot, self_dot
 
 __all__ = [
     "CheckpointState",
@@ -111,11 +111,11 @@ def _concat(parts: Sequence[SampleGradients]) -> SampleGradients:
     first = parts[0]
     out = SampleGradients()
     for name in first.rows:
-        out.rows[name] = type(first.rows[name])(
+        out.rows[name] = RowGradients(
             torch.cat([p.rows[name].ids for p in parts]), torch.cat([p.rows[name].grads for p in parts])
         )
     for name in first.linear:
-        out.linear[name] = type(first.linear[name])(
+        out.linear[name] = LinearGradients(
             torch.cat([p.linear[name].out_grads for p in parts]),
             torch.cat([p.linear[name].inputs for p in parts]),
         )
