@@ -172,7 +172,7 @@ class PerSampleGradients:
         try:
             for module in modules.values():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(module):
-                    module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign]
+                    module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
                     swapped.append(module)
             for name in rows:
                 handles.append(modules[name].register_forward_hook(make("rows", name)))
