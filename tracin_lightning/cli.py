@@ -126,6 +126,31 @@ def evaluate(args: list[str]) -> None:
     print(json.dumps(metrics))
 
 
+def report(args: list[str]) -> None:
+    """``tracin-lightning report OUTPUT_DIR``: a static HTML report (tables, charts, drawings) of a run."""
+    import argparse
+
+    from .errors import TracInInputError
+    from .report import build_report
+
+    parser = argparse.ArgumentParser(
+        prog="tracin-lightning report",
+        description="Write a static HTML + PNG report of a finished run (default: OUTPUT_DIR/report/) "
+        "and print the path of its index.html.",
+    )
+    parser.add_argument("output_dir", help="a finished run's writer.output_dir")
+    parser.add_argument("--top", type=int, default=10, help="proponents and opponents shown per test triple")
+    parser.add_argument(
+        "--destination", type=Path, default=None, help="report folder (default OUTPUT_DIR/report)"
+    )
+    options = parser.parse_args(args)
+    try:
+        index = build_report(options.output_dir, top=options.top, destination=options.destination)
+    except TracInInputError as error:
+        raise SystemExit(f"tracin-lightning report: {error}") from None
+    print(index)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; ``args`` lets tests run the CLI in-process."""
     argv = sys.argv[1:] if args is None else args
@@ -134,6 +159,9 @@ def main(args: list[str] | None = None) -> None:
         return
     if argv[:1] == ["evaluate"]:
         evaluate(argv[1:])
+        return
+    if argv[:1] == ["report"]:
+        report(argv[1:])
         return
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.

@@ -1,0 +1,264 @@
+"""The HTML report of real runs, rendered in headless Chromium: rows, names, scores and images."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tracin_lightning.cli import main
+from tracin_lightning.errors import TracInInputError
+from tracin_lightning.report import build_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: a readable name with markup and a mathtext dollar: both must reach the page (and the PNGs) literally
+ODD_NAME = "Brazil <b>&</b> $1"
+TOP_K = 4
+
+
+@dataclass
+class Runs:
+    influence: Path
+    self: Path
+    report: Path
+    stdout: str
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def report_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracin_lightning.cli", "report", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(saved_conve, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """An influence run (with names and the matrix) and a self run, and the influence run's report."""
+    root = tmp_path_factory.mktemp("report_runs")
+    names = root / "names.tsv"
+    names.write_text(f"brazil\t{ODD_NAME}\nusa\tUnited States of America\nuk\tUnited Kingdom\n")
+    out = {}
+    for mode in ("influence", "self"):
+        out[mode] = root / mode
+        config = {
+            "model": {
+                "model": str(saved_conve.directory),
+                "checkpoints": str(saved_conve.manifest),
+                "top_k": TOP_K,
+                "mode": mode,
+            },
+            "data": {
+                "dataset": "nations",
+                "test_indices": [0, 5, 7],
+                "batch_size": 256,
+                "node_names": str(names),
+            },
+            "writer": {"output_dir": str(out[mode]), "save_matrix": mode == "influence"},
+            "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+        }
+        path = root / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        main(["predict", "--config", str(path)])
+    done = report_cli(str(out["influence"]), "--top", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Runs(out["influence"], out["self"], out["influence"] / "report", done.stdout)
+
+
+# ---------------------------------------------------------------- headless Chromium
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Headless Chromium through selenium; skipped when missing, unless TRACIN_REQUIRE_BROWSER=1."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium package")
+    if missing:
+        reason = (
+            f"headless Chromium needs {', '.join(missing)} "
+            "(apt-get install chromium chromium-driver; pip install -e '.[dev]')"
+        )
+        if os.environ.get("TRACIN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"TRACIN_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium_profile")
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1600",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def images_loaded(driver: Any) -> list[tuple[str, bool, int]]:
+    return [
+        (src.rsplit("/", 1)[-1], complete, width)
+        for src, complete, width in driver.execute_script(
+            "return Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth]);"
+        )
+    ]
+
+
+def cells(row: Any) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return row.find_elements(By.TAG_NAME, "td")
+
+
+def label(cell: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return cell.find_element(By.CSS_SELECTOR, "code.label").text
+
+
+def test_report_in_chromium(browser: Any, runs: Runs, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    index = runs.report / "index.html"
+    assert runs.stdout.strip() == str(index)
+    for page in runs.report.glob("*.html"):
+        assert "<script" not in page.read_text()  # static: nothing to run
+    rows = read_csv(runs.influence / "influence_topk.csv")
+    tests: list[tuple[str, str, str, str]] = []
+    for r in rows:
+        key = (r["test_index"], r["test_head"], r["test_relation"], r["test_tail"])
+        if key not in tests:
+            tests.append(key)
+    assert len(tests) == 3
+
+    browser.get(index.as_uri())
+    assert browser.title == "TracIn influence report"
+    facts = browser.find_element(By.ID, "run").text
+    assert "ConvE" in facts and "1,592" in facts and "checkpoints (3)" in facts and "influence" in facts
+    table = browser.find_elements(By.CSS_SELECTOR, "#tests tbody tr")
+    assert len(table) == len(tests)
+    for row, (test_index, *triple) in zip(table, tests):
+        td = cells(row)
+        assert td[1].text == test_index
+        assert [label(c) for c in td[2:5]] == triple
+    brazil = next(row for row, test in zip(table, tests) if test[1] == "brazil")
+    assert cells(brazil)[2].find_element(By.CSS_SELECTOR, "span.name").text == ODD_NAME  # escaped, literal
+    assert browser.find_elements(By.TAG_NAME, "b") == []
+
+    # follow the first test triple's link
+    table[0].find_element(By.LINK_TEXT, "details").click()
+    assert browser.current_url.endswith("/triple-0000.html")
+    expected = [
+        r for r in rows if (r["test_index"], r["test_head"], r["test_relation"], r["test_tail"]) == tests[0]
+    ]
+    for kind in ("proponent", "opponent"):
+        want = [r for r in expected if r["kind"] == kind][:3]  # --top 3 of the run's top_k 4
+        shown = browser.find_elements(By.CSS_SELECTOR, f"#{kind}s tbody tr")
+        assert len(shown) == len(want) == 3
+        for row, r in zip(shown, want):
+            td = cells(row)
+            assert [td[0].text, td[1].text] == [r["rank"], r["train_index"]]
+            assert [label(c) for c in td[2:5]] == [r["train_head"], r["train_relation"], r["train_tail"]]
+            assert float(td[5].get_attribute("data-value")) == float(r["influence"])
+            for c, name in zip(
+                td[2:5], (r["train_head_name"], r["train_relation_name"], r["train_tail_name"])
+            ):
+                assert name in c.text
+    images = images_loaded(browser)
+    assert [name for name, *_ in images] == [
+        "triple-0000-graph.png", "triple-0000-bars.png", "triple-0000-distribution.png",
+    ]  # fmt: skip
+    assert all(complete and width > 0 for _, complete, width in images), images
+
+    # one screenshot of the whole page, to look at (TRACIN_REPORT_SHOT=path keeps a copy)
+    height = browser.execute_script("return document.documentElement.scrollHeight;")
+    browser.set_window_size(1280, min(int(height) + 150, 6000))
+    shot = tmp_path / "triple.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("TRACIN_REPORT_SHOT"):
+        shutil.copy(shot, os.environ["TRACIN_REPORT_SHOT"])
+    browser.set_window_size(1280, 1600)
+
+
+def test_self_report_in_chromium(browser: Any, runs: Runs, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    destination = tmp_path / "self_report"
+    index = build_report(runs.self, top=5, destination=destination)
+    assert index == destination / "index.html"
+    browser.get(index.as_uri())
+    assert "self-influence" in browser.find_element(By.TAG_NAME, "h1").text
+    expected = read_csv(runs.self / "self_influence.csv")[:5]  # the writer sorts descending
+    shown = browser.find_elements(By.CSS_SELECTOR, "#self tbody tr")
+    assert len(shown) == 5
+    for row, r in zip(shown, expected):
+        td = cells(row)
+        assert td[1].text == r["train_index"]
+        assert [label(c) for c in td[2:5]] == [r["head"], r["relation"], r["tail"]]
+        assert float(td[5].get_attribute("data-value")) == float(r["self_influence"])
+    images = images_loaded(browser)
+    assert [name for name, *_ in images] == ["self-influence.png"]
+    assert all(complete and width > 0 for _, complete, width in images), images
+
+
+# ---------------------------------------------------------------- inputs and atomicity
+def test_missing_topk_names_the_file_and_leaves_nothing(runs: Runs, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(runs.influence, broken, ignore=shutil.ignore_patterns("report"))
+    (broken / "influence_topk.csv").unlink()
+    done = report_cli(str(broken))
+    assert done.returncode != 0
+    assert f"{broken / 'influence_topk.csv'} not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in broken.iterdir()) == ["config.yaml", "influence_matrix.npy", "run.json"]
+
+
+def test_malformed_inputs_name_file_and_line(runs: Runs, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(runs.influence, broken, ignore=shutil.ignore_patterns("report"))
+    topk = broken / "influence_topk.csv"
+    table = list(csv.reader(topk.open(newline="")))
+    table[2][table[0].index("influence")] = "zero"  # line 3
+    with open(topk, "w", newline="") as handle:
+        csv.writer(handle).writerows(table)
+    with pytest.raises(TracInInputError, match=rf"{topk}:3: influence 'zero' is not float"):
+        build_report(broken)
+    (broken / "run.json").write_text('{"mode": "influence",\n oops}')
+    with pytest.raises(TracInInputError, match=rf"{broken / 'run.json'}:2: not valid JSON"):
+        build_report(broken)
+    assert not any(p.name.startswith((".report", "report")) for p in broken.iterdir())
+
+
+def test_rebuild_replaces_a_report_but_never_another_folder(runs: Runs, tmp_path: Path) -> None:
+    destination = tmp_path / "again"
+    build_report(runs.self, top=2, destination=destination)
+    (destination / "stale.html").write_text("from an earlier report")
+    build_report(runs.self, top=2, destination=destination)
+    assert not (destination / "stale.html").exists() and (destination / "index.html").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary folders left
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(TracInInputError, match="is not a tracin-lightning report"):
+        build_report(runs.self, destination=precious)
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]
