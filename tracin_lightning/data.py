@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from typing_extensions import override
 
+from .engine.candidates import MAX_RADIUS, MODES, CandidateFilter, build_filter, count_candidates
 from .errors import TracInInputError
 from .names import Names, read_edge_map, read_node_names
 
@@ -439,22 +440,32 @@ class TripleBatches(Dataset):
         triples: ``(n, 3)`` ids.
         batch_size: rows per item (the last item may be shorter).
         offset: added to the row positions in ``index``.
+        rows: stream only these rows of ``triples`` (sorted positions, e.g. the candidates of a
+            filter), in batches of ``batch_size``; ``index`` still holds their positions in
+            ``triples`` (plus ``offset``), so results refer to the original rows. None streams all.
     """
 
-    def __init__(self, triples: Tensor, *, batch_size: int, offset: int = 0) -> None:
+    def __init__(
+        self, triples: Tensor, *, batch_size: int, offset: int = 0, rows: Tensor | None = None
+    ) -> None:
         if batch_size < 1:
             raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
         self.triples = triples
         self.batch_size = batch_size
         self.offset = offset
+        self.rows = None if rows is None else rows.detach().to("cpu", torch.long)
 
     def __len__(self) -> int:
-        return math.ceil(self.triples.shape[0] / self.batch_size)
+        size = self.triples.shape[0] if self.rows is None else self.rows.numel()
+        return math.ceil(size / self.batch_size)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range: {len(self)} batches")
         start = i * self.batch_size
+        if self.rows is not None:
+            index = self.rows[start : start + self.batch_size]
+            return {"index": index + self.offset, "triples": self.triples[index]}  # a gather: a copy
         stop = min(start + self.batch_size, self.triples.shape[0])
         triples = self.triples[start:stop]  # a view: no copy in the main process
         if get_worker_info() is not None:
@@ -498,12 +509,27 @@ class TriplesDataModule(L.LightningDataModule):
             outputs then carry ``*_name`` columns.
         edge_map: readable relation names: JSON of JSON-encoded edge attributes (with a
             ``predicate``) -> relation label, or a plain ``label -> name`` JSON.
+        candidates: which training triples are scored against each test triple, on the undirected
+            training graph: ``all`` (no filtering, the default); ``neighbourhood``: the triples with an
+            endpoint within ``hops - 1`` hops of the test triple's head or tail (``hops: 1``: the
+            triples touching head or tail); ``paths``: the triples on a path of at most
+            ``max_path_length`` edges between head and tail (min(d_h(a) + 1 + d_t(b),
+            d_h(b) + 1 + d_t(a)) <= L for a triple (a, r, b); the direct head-tail triples count as
+            length 1, and no longer path runs across them). Only the union over test triples is
+            streamed; non-candidates are NaN in the matrix and never in the top-k; candidates score
+            exactly as unfiltered. In self mode only the union's self-influence is computed.
+        hops: neighbourhood radius for ``candidates: neighbourhood`` (1 or more).
+        max_path_length: longest head-tail path for ``candidates: paths`` (1 or more).
 
     Attributes:
         maps: the label maps (None only for :meth:`from_tensors` without maps).
         train_triples: ``(N, 3)`` training ids; ``train_source`` describes where they came from.
         test_triples: ``(T, 3)`` test ids; ``test_index`` holds their rows in the test source,
             described by ``test_source``.
+        candidate_filter: the :class:`~tracin_lightning.engine.candidates.CandidateFilter` once
+            :meth:`prepare_candidates` ran (``setup`` does); None without filtering.
+        candidate_rows: ``(K,)`` sorted training rows streamed (the union of candidates), or None.
+        candidate_counts: ``(T,)`` candidates per test triple, or None.
     """
 
     maps: LabelMaps | None
@@ -529,10 +555,14 @@ class TriplesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         node_names: str | None = None,
         edge_map: str | None = None,
+        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        hops: int = 1,
+        max_path_length: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._set_loading(batch_size, num_workers)
+        self._set_candidates(candidates, hops, max_path_length)
         given = {
             name: value
             for name, value in (("dataset", dataset), ("directory", directory), ("train_path", train_path))
@@ -610,6 +640,17 @@ class TriplesDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
 
+    def _set_candidates(self, candidates: str, hops: int, max_path_length: int) -> None:
+        if candidates not in MODES:
+            raise TracInInputError(f"candidates must be one of {', '.join(MODES)}, got {candidates!r}")
+        for name, value in (("hops", hops), ("max_path_length", max_path_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RADIUS:
+                raise TracInInputError(f"{name} must be an integer from 1 to {MAX_RADIUS}, got {value!r}")
+        self.candidates, self.hops, self.max_path_length = candidates, hops, max_path_length
+        self.candidate_filter: CandidateFilter | None = None
+        self.candidate_rows: Tensor | None = None
+        self.candidate_counts: Tensor | None = None
+
     @classmethod
     def from_tensors(
         cls,
@@ -619,6 +660,9 @@ class TriplesDataModule(L.LightningDataModule):
         maps: LabelMaps | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
+        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        hops: int = 1,
+        max_path_length: int = 3,
     ) -> TriplesDataModule:
         """A datamodule over id tensors ``(N, 3)`` and ``(T, 3)``, without files.
 
@@ -628,6 +672,9 @@ class TriplesDataModule(L.LightningDataModule):
             maps: label maps for readable output; ids are checked against them.
             batch_size: training triples per prediction step.
             num_workers: DataLoader worker processes.
+            candidates: candidate filtering, as in the constructor (``all``: none).
+            hops: neighbourhood radius.
+            max_path_length: longest head-tail path.
 
         Raises:
             TracInInputError: for a wrong shape or dtype, no triples, or ids outside the maps.
@@ -639,6 +686,7 @@ class TriplesDataModule(L.LightningDataModule):
         module = cls.__new__(cls)
         L.LightningDataModule.__init__(module)  # no files to read: skip __init__'s source handling
         module._set_loading(batch_size, num_workers)
+        module._set_candidates(candidates, hops, max_path_length)
         module.maps = maps
         module.train_triples = train.detach().to("cpu", torch.long)
         module.test_triples = test.detach().to("cpu", torch.long)
@@ -657,14 +705,90 @@ class TriplesDataModule(L.LightningDataModule):
         """Relations in the maps, without inverses (None without maps)."""
         return None if self.maps is None else self.maps.num_relations
 
+    # ------------------------------------------------------------------------------------ candidates
+    def candidate_options(self) -> dict[str, Any]:
+        """The filter options that decide which rows are streamed and scored (for resume checks)."""
+        if self.candidates == "neighbourhood":
+            return {"candidates": "neighbourhood", "hops": self.hops}
+        if self.candidates == "paths":
+            return {"candidates": "paths", "max_path_length": self.max_path_length}
+        return {"candidates": "all"}
+
+    def prepare_candidates(self, device: torch.device | str | None = None) -> CandidateFilter | None:
+        """Build the candidate filter, its union of rows and its counts (once; ``setup`` calls this).
+
+        Args:
+            device: where to run the graph search and keep the distance arrays (the Trainer's root
+                device from ``setup``; CPU by default).
+
+        Returns:
+            The filter, or None when ``candidates`` is ``all``.
+        """
+        if self.candidates == "all" or self.candidate_filter is not None:
+            return self.candidate_filter
+        device = torch.device("cpu") if device is None else torch.device(device)
+        num_entities = self.num_entities
+        if num_entities is None:  # no maps: the ids seen
+            num_entities = 1 + max(
+                int(self.train_triples[:, [0, 2]].max()), int(self.test_triples[:, [0, 2]].max())
+            )
+        train = self.train_triples.to(device)
+        found = build_filter(
+            train,
+            self.test_triples.to(device),
+            num_entities=num_entities,
+            mode=self.candidates,
+            hops=self.hops,
+            max_path_length=self.max_path_length,
+        )
+        counts, rows = count_candidates(found, train)
+        del train
+        if rows.numel() == 0:
+            raise TracInInputError(
+                f"candidates: {self.candidates} ({self._radius_text()}) keeps no training triple for any "
+                f"of the {self.test_triples.shape[0]} test triples: nothing to score"
+            )
+        self.candidate_filter = found
+        self.candidate_rows, self.candidate_counts = rows.cpu(), counts.cpu()
+        return found
+
+    def _radius_text(self) -> str:
+        return (
+            f"hops={self.hops}"
+            if self.candidates == "neighbourhood"
+            else f"max_path_length={self.max_path_length}"
+        )
+
+    def candidate_info(self) -> dict[str, Any]:
+        """Filter options and counts for ``run.json``: kept triples per test triple and their union."""
+        info: dict[str, Any] = self.candidate_options()
+        info["num_train"] = int(self.train_triples.shape[0])
+        if self.candidate_rows is None or self.candidate_counts is None:
+            return info
+        info["union"] = int(self.candidate_rows.numel())
+        info["union_fraction"] = round(info["union"] / max(1, info["num_train"]), 6)
+        info["per_test"] = [int(c) for c in self.candidate_counts.tolist()]
+        return info
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.candidates != "all" and stage == "predict":
+            device = self.trainer.strategy.root_device if self.trainer is not None else None
+            self.prepare_candidates(device)
+
     @override
     def predict_dataloader(self) -> DataLoader:
-        dataset = TripleBatches(self.train_triples, batch_size=self.batch_size)
+        if self.candidates != "all":
+            self.prepare_candidates()  # a no-op after setup
+        dataset = TripleBatches(self.train_triples, batch_size=self.batch_size, rows=self.candidate_rows)
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if len(dataset) < world_size:
             # Lightning's unrepeated predict sampler asserts that every rank gets at least one item
+            streamed = (
+                self.train_triples.shape[0] if self.candidate_rows is None else self.candidate_rows.numel()
+            )
             raise TracInInputError(
-                f"{self.train_triples.shape[0]} training triples in batches of {self.batch_size} make "
+                f"{streamed} training triples in batches of {self.batch_size} make "
                 f"{len(dataset)} batch(es), fewer than the {world_size} processes: lower batch_size"
             )
         # batch_size=None: each item already is a whole batch; Lightning keeps it when it injects

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from .checkpoints import Checkpoint, load_model, resolve_checkpoints
+from .engine.candidates import CandidateFilter
 from .engine.gradients import PerSampleGradients, select_parameters
 from .engine.influence import (
     CheckpointState,
@@ -44,6 +45,12 @@ class TracInModule(L.LightningModule):
 
     Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
     from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`).
+
+    Candidate filtering is the datamodule's (``candidates``, ``hops``, ``max_path_length``): it streams
+    only the union of candidates, and this module takes its ``candidate_filter`` onto its own device
+    when prediction starts. In influence mode each batch's ``(T, B)`` candidate mask then keeps
+    non-candidate pairs out of the top-k and sets them to NaN in the returned ``influence`` (so in
+    ``influence_matrix.npy``); candidate scores are computed exactly as without filtering.
 
     Args:
         model: the trained KGE model: a PyKEEN ``save_to_directory`` folder, a pickled model file
@@ -140,6 +147,7 @@ class TracInModule(L.LightningModule):
         self.states: list[CheckpointState] = []
         self.test_grads: list[SampleGradients] = []
         self.topk: TopK | None = None
+        self.candidate_filter: CandidateFilter | None = None
         self.triples_seen = 0
         self.skip_batches: set[int] = set()  # batches (by first row) already done in a resumed run
 
@@ -151,6 +159,7 @@ class TracInModule(L.LightningModule):
         self._load_checkpoints()
         if self.mode == "influence":
             self._cache_test_gradients()
+            self.candidate_filter = self._resolve_candidate_filter()
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
@@ -166,8 +175,12 @@ class TracInModule(L.LightningModule):
                 scores = batch_influence(self.gradients, self.states, self.test_grads, triples)
         except NonFiniteGradientError as error:
             raise self._non_finite(error, triples, index) from None
+        mask = None
+        if self.candidate_filter is not None:
+            mask = self.candidate_filter.mask(triples).to(scores.device)
+            scores = scores.masked_fill(~mask, float("nan"))  # the candidates' scores are untouched
         if self.topk is not None:
-            self.topk = self.topk.update(scores, index.to(scores.device))
+            self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
         return {"index": index, "influence": scores}
 
     # -------------------------------------------------------------- helpers
@@ -232,6 +245,20 @@ class TracInModule(L.LightningModule):
                 )
                 k = num_train
             self.topk = TopK.empty(num_test=test.shape[0], k=k, device=self.device)
+
+    def _resolve_candidate_filter(self) -> CandidateFilter | None:
+        """The datamodule's candidate filter on this module's device, checked against the test triples."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        prepare = getattr(datamodule, "prepare_candidates", None)
+        found = prepare(self.device) if callable(prepare) else None  # normally done in setup already
+        if found is None:
+            return None
+        if self.test_triples is None or not torch.equal(found.test_triples.cpu(), self.test_triples.cpu()):
+            raise TracInInputError(
+                "the datamodule's candidate filter was built for its own test triples, which differ from "
+                "the module's test_triples: give the test triples to the datamodule only"
+            )
+        return found.to(self.device)
 
     def _resolve_test_triples(self) -> Tensor:
         test: Tensor | None = self.test_triples

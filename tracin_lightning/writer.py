@@ -48,13 +48,18 @@ class InfluenceWriter(BasePredictionWriter):
 
     - ``influence_topk.csv``: top-k proponents and opponents per test triple (influence mode);
     - ``self_influence.csv``: every training triple's self-influence, descending (self mode);
-    - ``influence_matrix.npy``: float32 ``(num_test, num_train)`` matrix (``save_matrix``);
-    - ``run.json``: what was computed, how, and how fast.
+    - ``influence_matrix.npy``: float32 ``(num_test, num_train)`` matrix (``save_matrix``); with
+      candidate filtering (the datamodule's ``candidates``) its columns are still every training
+      row, and non-candidate pairs are NaN;
+    - ``run.json``: what was computed, how, and how fast; ``candidates`` holds the filter options,
+      the candidates per test triple and the size of their union (the rows streamed).
+
+    With filtering, a test triple with fewer than ``top_k`` candidates gets fewer CSV rows.
 
     Long runs survive interruption: every ``flush_every`` batches each rank makes its partial files
     durable and records what it has done in ``output_dir/.partial/state.rank*.pt``. Rerunning the
     same command continues after the last recorded chunk; a rerun that differs in the model,
-    checkpoints, options, triples, batch size, precision or world size is refused.
+    checkpoints, options, triples, candidate filter, batch size, precision or world size is refused.
 
     Args:
         output_dir: folder for the results (created if missing).
@@ -244,7 +249,9 @@ class InfluenceWriter(BasePredictionWriter):
                 self._write_topk(merged, labels)
                 outputs.append("influence_topk.csv")
             if self.save_matrix:
-                self._write_matrix(world, len(labels.test), num_train)
+                # columns are the training rows, whether or not a filter streamed them all
+                width = num_train if labels.train is None else max(num_train, int(labels.train.shape[0]))
+                self._write_matrix(world, len(labels.test), width, fill=num_train < width)
                 outputs.append("influence_matrix.npy")
         else:
             self._write_self(world, labels)
@@ -255,6 +262,7 @@ class InfluenceWriter(BasePredictionWriter):
             "data": getattr(datamodule, "train_source", None),
             "num_train": num_train,
             "num_test": len(labels.test) if pl_module.mode == "influence" else 0,
+            "candidates": _candidate_info(datamodule),
             "per_rank": [
                 {"rank": s["rank"], "triples": s["triples"], "batches": s["batches"]} for s in summaries
             ],
@@ -279,11 +287,9 @@ class InfluenceWriter(BasePredictionWriter):
             out.writerow(TOPK_COLUMNS + labels.name_columns(TOPK_NAME_COLUMNS))
             for t in range(top.proponent_values.shape[0]):
                 test = [labels.test_index(t), *labels.test_triple(t)]
-                for kind, values, index in (
-                    ("proponent", top.proponent_values[t], top.proponent_index[t]),
-                    ("opponent", top.opponent_values[t], top.opponent_index[t]),
-                ):
-                    for rank, (value, row) in enumerate(zip(values.tolist(), index.tolist()), start=1):
+                proponents, opponents = top.entries(t)  # without the padding of filtered-out pairs
+                for kind, entries in (("proponent", proponents), ("opponent", opponents)):
+                    for rank, (value, row) in enumerate(entries, start=1):
                         train = labels.train_triple(row)
                         names = labels.names_of(labels.test_triple(t)) + labels.names_of(train)
                         out.writerow([*test, kind, rank, row, *train, _num(value), *names])
@@ -292,9 +298,12 @@ class InfluenceWriter(BasePredictionWriter):
         parts = [self._read_partials_rank(r, width) for r in range(world)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _write_matrix(self, world: int, num_test: int, num_train: int) -> None:
+    def _write_matrix(self, world: int, num_test: int, num_train: int, *, fill: bool = False) -> None:
         with atomic_path(self.output_dir / "influence_matrix.npy") as tmp:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_test, num_train))
+            if fill:  # rows no test triple had as a candidate were never streamed
+                for start in range(0, num_train, 1 << 20):
+                    matrix[:, start : start + (1 << 20)] = np.nan
             for r in range(world):  # one rank at a time keeps memory at one rank's share
                 index, values = self._read_partials_rank(r, num_test)
                 matrix[:, index] = values.T
@@ -385,11 +394,22 @@ def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[
         "options": json.dumps(hparams, sort_keys=True, default=str),
         "test_triples": _digest(test),
         "train_triples": _digest(getattr(datamodule, "train_triples", None)),
+        "candidates": _candidate_options(datamodule),
         "batch_size": getattr(datamodule, "batch_size", None),
         "save_matrix": save_matrix,
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
     }
+
+
+def _candidate_options(datamodule: Any) -> dict[str, Any]:
+    options = getattr(datamodule, "candidate_options", None)
+    return options() if callable(options) else {"candidates": "all"}
+
+
+def _candidate_info(datamodule: Any) -> dict[str, Any]:
+    info = getattr(datamodule, "candidate_info", None)
+    return info() if callable(info) else {"candidates": "all"}
 
 
 def _num(value: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,10 @@ __all__ = ["TopK", "merge_topk"]
 @dataclass
 class TopK:
     """The ``k`` largest (proponents) and smallest (opponents) scores per test triple so far.
+
+    Scores that are not candidates (``mask`` False in :meth:`update`) enter as ``-inf`` among the
+    proponents and ``+inf`` among the opponents, so they rank after every real score; when a test
+    triple has fewer than ``k`` candidates they remain as padding, and :meth:`entries` leaves them out.
 
     Attributes:
         proponent_values: ``(T, k')`` largest scores, descending (``k' <= k`` until ``k`` were seen).
@@ -40,10 +45,42 @@ class TopK:
         index = torch.empty(num_test, 0, dtype=torch.long, device=device)
         return cls(k, values, index, values.clone(), index.clone())
 
-    def update(self, scores: Tensor, index: Tensor) -> TopK:
-        """Fold in ``scores`` ``(T, B)`` of the training rows ``index`` ``(B,)``."""
+    def update(self, scores: Tensor, index: Tensor, mask: Tensor | None = None) -> TopK:
+        """Fold in ``scores`` ``(T, B)`` of the training rows ``index`` ``(B,)``.
+
+        Args:
+            scores: influence scores (finite where ``mask`` is True; the rest is ignored).
+            index: training row of each column.
+            mask: ``(T, B)`` bool, True where the pair is a candidate; None: all are.
+        """
         expanded = index.to(self.proponent_index.device).unsqueeze(0).expand(scores.shape[0], -1)
-        return merge_topk(self, TopK(self.k, scores, expanded, scores, expanded))
+        if mask is None:
+            return merge_topk(self, TopK(self.k, scores, expanded, scores, expanded))
+        mask = mask.to(scores.device)
+        proponents = scores.masked_fill(~mask, -math.inf)
+        opponents = scores.masked_fill(~mask, math.inf)
+        return merge_topk(self, TopK(self.k, proponents, expanded, opponents, expanded))
+
+    def entries(self, t: int) -> tuple[list[tuple[float, int]], list[tuple[float, int]]]:
+        """``(score, training row)`` proponents and opponents of test triple ``t``, padding left out.
+
+        Example:
+            >>> top = TopK.empty(num_test=1, k=2).update(
+            ...     torch.tensor([[0.5, -1.0]]), torch.tensor([3, 4]), mask=torch.tensor([[True, False]]))
+            >>> top.entries(0)
+            ([(0.5, 3)], [(0.5, 3)])
+        """
+        proponents = [
+            (value, row)
+            for value, row in zip(self.proponent_values[t].tolist(), self.proponent_index[t].tolist())
+            if value != -math.inf
+        ]
+        opponents = [
+            (value, row)
+            for value, row in zip(self.opponent_values[t].tolist(), self.opponent_index[t].tolist())
+            if value != math.inf
+        ]
+        return proponents, opponents
 
     def to(self, device: torch.device | str) -> TopK:
         """This state on ``device``."""
