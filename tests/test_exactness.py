@@ -65,14 +65,32 @@ def test_parameter_selection_matches_reference(trained, name: str) -> None:
     assert relative_error(ours, reference) <= TOLERANCE
 
 
+@pytest.mark.parametrize("loss", ["bce", "ce"])
 @pytest.mark.parametrize("name", MODELS)
-def test_self_influence_is_the_diagonal(trained, name: str) -> None:
+def test_self_influence_is_the_diagonal(trained, name: str, loss: str) -> None:
     run = trained(name, True)
-    kwargs = dict(checkpoints=run.states, learning_rates=run.learning_rates)
+    kwargs = dict(checkpoints=run.states, learning_rates=run.learning_rates, loss=loss)
     diagonal = torch.diagonal(compute_influence(run.model, run.train, run.train, **kwargs))
     self_influence = compute_self_influence(run.model, run.train, **kwargs)
     assert torch.allclose(self_influence, diagonal, rtol=1e-5, atol=1e-7 * float(diagonal.abs().max()))
     assert bool((self_influence >= 0).all())
+
+
+@pytest.mark.parametrize(("name", "path"), [("ConvE", "rows+rank-one"), ("DistMult", "rows+rank-one"),
+                                           ("ComplEx", "rows+rank-one"), ("TransE", "dense")])  # fmt: skip
+def test_ce_takes_the_rank_one_path_where_scores_are_linear_in_the_tail(
+    trained, name: str, path: str
+) -> None:
+    """ENGINE.md Fact 3: inner-product scores factor the whole-table gradient; distances do not."""
+    from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+    from tracin_lightning.engine.losses import TripleLoss
+
+    run = trained(name, True)
+    psg = PerSampleGradients(
+        loss=TripleLoss(model=run.model, loss="ce", inverse=True), params=select_parameters(run.model, None)
+    )
+    psg({k: v.detach() for k, v in run.model.state_dict().items()}, run.test[:2])
+    assert psg.plan is not None and psg.plan.describe()["entity_representations.0._embeddings.weight"] == path
 
 
 def test_dense_path_equals_fast_path(trained) -> None:

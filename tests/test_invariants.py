@@ -58,3 +58,32 @@ def test_per_sample_memory_does_not_grow_with_entities() -> None:
         return psg(state, triples).nbytes()
 
     assert grads_nbytes(10_000) <= grads_nbytes(1_000)
+
+
+def test_ce_table_gradient_is_rank_one_not_dense() -> None:
+    """The 1-N loss reads the whole entity table; its per-sample gradient must stay ``p (x) q``."""
+    from pykeen.models import ConvE
+    from pykeen.triples import CoreTriplesFactory
+
+    def grads(num_entities: int) -> tuple[int, dict[str, str]]:
+        triples = torch.randint(0, 50, (64, 3))
+        triples[:, 1] = torch.randint(0, 5, (64,))
+        factory = CoreTriplesFactory.create(
+            mapped_triples=triples, num_entities=num_entities, num_relations=5
+        )
+        model = ConvE(triples_factory=factory, embedding_dim=32, output_channels=4, kernel_height=3,
+                      kernel_width=3, embedding_height=4, embedding_width=8, random_seed=0)  # fmt: skip
+        model.eval()
+        psg = PerSampleGradients(
+            loss=TripleLoss(model=model, loss="ce"), params=select_parameters(model, None)
+        )
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        return psg(state, triples).nbytes(), psg.plan.describe()  # type: ignore[union-attr]
+
+    small, _ = grads(1_000)
+    large, paths = grads(10_000)
+    assert paths["entity_representations.0._embeddings.weight"] == "rows+rank-one"
+    assert paths["entity_representations.1._embeddings.weight"] == "rank-one"  # ConvE's tail bias
+    # growth is one float per entity per sample and table (p), not the dense embedding_dim floats
+    assert large - small <= 64 * 9_000 * 4 * 2
+    assert large < 64 * 10_000 * 32 * 4 // 8

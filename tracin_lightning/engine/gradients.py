@@ -7,6 +7,12 @@ embedding lookup's output *is* the gradient with respect to the looked-up rows; 
 linear layer's output, with the layer's input (returned as an auxiliary output), factors the weight
 gradient exactly. All other selected parameters are differentiated densely.
 
+A 1-N loss (``ce``) also reads whole embedding tables to score every candidate entity. For such a
+read the engine appends virtual rows to the table (one unit row per coordinate and a zero row): the
+scores of those rows give the query vector ``q`` by plain forward arithmetic, a probe on the scores
+gives ``p``, and the table's gradient from that read is ``p q^T`` (``ENGINE.md``, Fact 3), never a
+dense per-sample table.
+
 A plan decides which path each parameter takes; it is checked once against plain autograd on one
 triple, and any parameter whose reduced gradient does not reproduce the autograd gradient (for
 example an embedding table that the model also reads directly, as 1-N scoring does) is moved to the
@@ -28,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .structure import LinearGradients, RowGradients, SampleGradients
+from .structure import LinearGradients, RowGradients, SampleGradients, TableGradients
 
 __all__ = ["GradientPlan", "PerSampleGradients", "select_parameters"]
 
@@ -73,11 +79,14 @@ class GradientPlan:
 
     rows: dict[str, str] = field(default_factory=dict)  # embedding module -> weight name
     linear: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # module -> (weight, bias)
+    tables: dict[str, str] = field(default_factory=dict)  # whole-table reader module -> weight name
     dense: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, str]:
-        """Parameter name -> path (``rows``, ``linear-factored`` or ``dense``)."""
+        """Parameter name -> path: rows, rows+rank-one, rank-one, linear-factored or dense."""
         out = {w: "rows" for w in self.rows.values()}
+        for w in self.tables.values():
+            out[w] = "rows+rank-one" if w in out else "rank-one"
         for weight, bias in self.linear.values():
             out[weight] = "linear-factored"
             if bias is not None:
@@ -87,13 +96,22 @@ class GradientPlan:
 
 
 class _Calls:
-    """Probe bookkeeping for one forward pass (records shapes, or adds probes and keeps aux)."""
+    """Probe bookkeeping for one forward pass (records shapes, or adds probes and keeps aux).
 
-    def __init__(self, probes: Sequence[Tensor] | None = None) -> None:
+    Kinds of calls: ``rows`` (embedding lookup), ``linear``, ``table`` (a whole-table read, shape
+    ``(d,)`` = the real size of one row) and ``scores`` (the 1-N scores that follow table reads).
+    """
+
+    def __init__(
+        self,
+        probes: Sequence[Tensor] | None = None,
+        shapes: Sequence[tuple[str, str, torch.Size]] | None = None,
+    ) -> None:
         self.probes = probes
         self.shapes: list[tuple[str, str, torch.Size]] = []  # (kind, module, output shape)
         self.aux: list[Tensor] = []
         self.position = 0
+        self.layout = _virtual_layout(shapes or [])
 
     def __call__(self, kind: str, name: str, inputs: Tensor, output: Tensor) -> Tensor | None:
         if self.probes is None:
@@ -106,6 +124,61 @@ class _Calls:
         else:
             self.aux.append(inputs.reshape(-1, inputs.shape[-1]))
         return output + probe
+
+    def table(self, name: str, output: Tensor) -> Tensor | None:
+        """A whole-table read: append the virtual rows that give the query vector."""
+        if self.probes is None:
+            self.shapes.append(("table", name, torch.Size([_row_size(output)])))
+            return None
+        start, total = self.layout[self.position]
+        self.position += 1
+        size = _row_size(output)
+        real = output.real.dtype if output.is_complex() else output.dtype
+        virtual = torch.zeros(total, size, dtype=real, device=output.device)
+        virtual[start : start + size] = torch.eye(size, dtype=real, device=output.device)
+        if output.is_complex():
+            virtual = torch.view_as_complex(virtual.view(total, *output.shape[1:], 2))
+        self.aux.append(output.new_zeros(0, dtype=real))
+        return torch.cat([output, virtual.view(total, *output.shape[1:])])
+
+    def scores(self, output: Tensor) -> Tensor | None:
+        """1-N scores: split off the virtual columns (query = unit-row score - zero-row score)."""
+        if self.probes is None:
+            self.shapes.append(("scores", "tail_scores", output.shape))
+            return None
+        probe = self.probes[self.position]
+        _, total = self.layout[self.position]
+        self.position += 1
+        n = output.shape[-1] - total
+        real, virtual = output[..., :n], output[..., n:]
+        self.aux.append((virtual[..., :-1] - virtual[..., -1:]).reshape(-1) if total else virtual.reshape(-1))
+        return real + probe
+
+
+def _row_size(table: Tensor) -> int:
+    return table[0].numel() * (2 if table.is_complex() else 1)
+
+
+def _virtual_layout(shapes: Sequence[tuple[str, str, torch.Size]]) -> dict[int, tuple[int, int]]:
+    """Position -> (first virtual row, virtual rows in all) for table reads and their scores.
+
+    The table reads before a scores call are one candidate set (e.g. ConvE's tail embedding and tail
+    bias): each gets identity rows in its own block, zeros elsewhere, and one shared zero row ends it.
+    """
+    layout: dict[int, tuple[int, int]] = {}
+    group: list[tuple[int, int]] = []  # (position, row size)
+    for position, (kind, _, shape) in enumerate(shapes):
+        if kind == "table":
+            group.append((position, shape[0]))
+        elif kind == "scores":
+            total = sum(size for _, size in group) + 1 if group else 0
+            start = 0
+            for table_position, size in group:
+                layout[table_position] = (start, total)
+                start += size
+            layout[position] = (0, total)
+            group = []
+    return layout
 
 
 class PerSampleGradients:
@@ -142,25 +215,43 @@ class PerSampleGradients:
         self._shapes: list[tuple[str, str, torch.Size]] | None = None
 
     # ----------------------------------------------------------------- hooks
-    def _candidate_modules(self) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    def _candidate_modules(self) -> GradientPlan:
         selected = set(self.params)
-        rows: dict[str, str] = {}
-        linear: dict[str, tuple[str, str | None]] = {}
+        plan = GradientPlan()
+        rows, linear, tables = plan.rows, plan.linear, plan.tables
         if not self.factorize:
-            return rows, linear
+            return plan
+        # whole-table reads are rewritten only where the loss splits the virtual columns off again
+        one_to_n = getattr(self.loss, "loss", None) == "ce" and hasattr(self.loss, "tail_scores")
         for name, module in self.model.named_modules():
+            prefix = f"{name}." if name else ""
+            inner = getattr(module, "_embeddings", None)  # PyKEEN's Embedding representation
+            if one_to_n and type(inner) is nn.Embedding and f"{prefix}_embeddings.weight" in selected:
+                tables[name] = f"{prefix}_embeddings.weight"
             prefix = f"{name}." if name else ""
             if type(module) is nn.Embedding and module.max_norm is None and f"{prefix}weight" in selected:
                 rows[name] = f"{prefix}weight"
             elif type(module) is nn.Linear and f"{prefix}weight" in selected:
                 bias = f"{prefix}bias" if module.bias is not None and f"{prefix}bias" in selected else None
                 linear[name] = (f"{prefix}weight", bias)
-        return rows, linear
+        return plan
 
     @contextmanager
-    def _hooks(self, rows: Mapping[str, str], linear: Mapping[str, Any]) -> Iterator[None]:
+    def _hooks(self, plan: GradientPlan) -> Iterator[None]:
         modules = dict(self.model.named_modules())
         handles = []
+
+        def table_hook(name: str) -> Callable[..., Tensor | None]:
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> Any:
+                indices = kwargs.get("indices", args[0] if args else None)
+                if self._active is None or indices is not None:
+                    return None
+                return self._active.table(name, output)
+
+            return hook
+
+        def scores_hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+            return None if self._active is None else self._active.scores(output)
 
         def make(kind: str, name: str) -> Callable[..., Tensor | None]:
             def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
@@ -174,10 +265,16 @@ class PerSampleGradients:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(module):
                     module.forward = _EvalBatchNorm(module)  # type: ignore[method-assign,assignment]
                     swapped.append(module)
-            for name in rows:
+            for name in plan.rows:
                 handles.append(modules[name].register_forward_hook(make("rows", name)))
-            for name in linear:
+            for name in plan.linear:
                 handles.append(modules[name].register_forward_hook(make("linear", name)))
+            for name in plan.tables:
+                handles.append(modules[name].register_forward_hook(table_hook(name), with_kwargs=True))
+            if plan.tables:
+                tail_scores = self.loss.tail_scores
+                assert isinstance(tail_scores, nn.Module)  # plan.tables is only set for losses that have it
+                handles.append(tail_scores.register_forward_hook(scores_hook))
             yield
         finally:
             for handle in handles:
@@ -189,7 +286,7 @@ class PerSampleGradients:
     # ------------------------------------------------------------ planning
     def _record(self, state: Mapping[str, Tensor], triple: Tensor, plan: GradientPlan) -> list[Any]:
         calls = _Calls()
-        with self._hooks(plan.rows, plan.linear), torch.no_grad():
+        with self._hooks(plan), torch.no_grad():
             self._active = calls
             functional_call(self.loss, _prefixed(state), (triple,))
         return calls.shapes
@@ -204,16 +301,16 @@ class PerSampleGradients:
             return self._make_plan(state, triple)
 
     def _make_plan(self, state: Mapping[str, Tensor], triple: Tensor) -> GradientPlan:
-        rows, linear = self._candidate_modules()
-        plan = GradientPlan(rows=rows, linear=linear)
+        plan = self._candidate_modules()
         shapes = self._record(state, triple, plan)
         for kind, name, shape in shapes:
             positions = math.prod(shape[:-1])
-            if positions > MAX_FACTORED_POSITIONS:
+            if kind in ("rows", "linear") and positions > MAX_FACTORED_POSITIONS:
                 (plan.rows if kind == "rows" else plan.linear).pop(name, None)
         seen = {name for _, name, _ in shapes}
         plan.rows = {k: v for k, v in plan.rows.items() if k in seen}
         plan.linear = {k: v for k, v in plan.linear.items() if k in seen}
+        plan.tables = {k: v for k, v in plan.tables.items() if k in seen}
         covered = set(plan.describe())
         plan.dense = [p for p in self.params if p not in covered]
         # A reduced path is exact only if the parameter is reached through the probed calls alone.
@@ -221,6 +318,7 @@ class PerSampleGradients:
         if wrong:
             logger.info("parameters reached outside probed calls, using the dense path: %s", wrong)
             plan.rows = {k: v for k, v in plan.rows.items() if v not in wrong}
+            plan.tables = {k: v for k, v in plan.tables.items() if v not in wrong}
             plan.linear = {
                 k: v
                 for k, v in plan.linear.items()
@@ -263,7 +361,7 @@ class PerSampleGradients:
     def _sample_loss(
         self, dense: dict[str, Tensor], probes: list[Tensor], const: dict[str, Tensor], hrt: Tensor
     ) -> tuple[Tensor, list[Tensor]]:
-        calls = _Calls(probes)
+        calls = _Calls(probes, self._shapes)
         self._active = calls
         value = functional_call(self.loss, _prefixed({**const, **dense}), (hrt.unsqueeze(0),)).sum()
         self._active = None
@@ -286,12 +384,14 @@ class PerSampleGradients:
             self._shapes = self._record(state, triples[:1], plan)
         shapes = self._shapes
         probes = [
-            torch.zeros(shape, dtype=_dtype(state, plan, kind, name), device=triples.device)
+            torch.zeros(
+                _probe_shape(kind, shape), dtype=_dtype(state, plan, kind, name), device=triples.device
+            )
             for kind, name, shape in shapes
         ]
         dense = {n: state[n].detach() for n in plan.dense}
         const = {k: v.detach() for k, v in state.items() if k not in dense}
-        with self._hooks(plan.rows, plan.linear):
+        with self._hooks(plan):
             try:
                 (dense_grads, probe_grads), aux = self._function()(dense, probes, const, triples)
             except Exception as error:  # torch.compile failures surface at call time
@@ -338,8 +438,14 @@ def _prefixed(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _dtype(state: Mapping[str, Tensor], plan: GradientPlan, kind: str, name: str) -> torch.dtype:
+    if kind in ("table", "scores"):
+        return torch.float32
     weight = plan.rows[name] if kind == "rows" else plan.linear[name][0]
     return state[weight].dtype
+
+
+def _probe_shape(kind: str, shape: torch.Size) -> torch.Size:
+    return torch.Size([0]) if kind == "table" else shape  # table reads take no probe, only virtual rows
 
 
 def _assemble(
@@ -353,7 +459,18 @@ def _assemble(
 ) -> SampleGradients:
     rows: dict[str, list[tuple[Tensor, Tensor]]] = {}
     linear: dict[str, list[tuple[Tensor, Tensor]]] = {}
-    for (kind, name, _), g, a in zip(shapes, probe_grads, aux):
+    tables: dict[str, list[tuple[Tensor, Tensor]]] = {}
+    pending: list[tuple[str, int]] = []  # table reads waiting for their scores
+    for (kind, name, shape), g, a in zip(shapes, probe_grads, aux):
+        if kind == "table":
+            pending.append((name, shape[0]))
+            continue
+        if kind == "scores":
+            queries = a.float().reshape(batch, -1).split([size for _, size in pending], 1)
+            for (table, _), query in zip(pending, queries):
+                tables.setdefault(plan.tables[table], []).append((g.float().reshape(batch, -1), query))
+            pending = []
+            continue
         g = g.float().reshape(batch, -1, g.shape[-1])
         if kind == "rows":
             rows.setdefault(plan.rows[name], []).append((a.reshape(batch, -1), g))
@@ -371,6 +488,10 @@ def _assemble(
         out.linear[plan.linear[name][0]] = LinearGradients(
             out_grads=torch.cat([p[0] for p in parts], 1), inputs=inputs
         )
+    for weight, reads in tables.items():
+        out.tables[weight] = TableGradients(
+            probs=torch.stack([p for p, _ in reads], 1), queries=torch.stack([q for _, q in reads], 1)
+        )
     if plan.dense:
         out.dense = torch.cat([dense_grads[n].float().reshape(batch, -1) for n in plan.dense], 1)
     return out
@@ -386,6 +507,13 @@ def to_dense(grads: SampleGradients, plan: GradientPlan, params: Mapping[str, Te
         for b in range(batch):
             full[b].index_add_(0, part.ids[b], part.grads[b])
         out[weight] = full
+    for weight, factors in grads.tables.items():
+        shape = params[weight].shape
+        if weight not in out:
+            out[weight] = torch.zeros(batch, *shape, dtype=torch.float32, device=params[weight].device)
+        out[weight] = out[weight] + torch.einsum("brn,brd->bnd", factors.probs, factors.queries).reshape(
+            batch, *shape
+        )
     for weight, bias in plan.linear.values():
         lin = grads.linear[weight]
         inputs = lin.inputs[..., :-1] if bias is not None else lin.inputs

@@ -46,10 +46,12 @@ class TripleLoss(nn.Module):
         self.model = model
         self.loss = loss
         self.inverse = inverse
+        # a hook point for the engine: the 1-N scores over all entities, before the cross-entropy
+        self.tail_scores = nn.Identity()
 
     def _direction(self, hrt: Tensor) -> Tensor:
         if self.loss == "ce":
-            scores = self.model.score_t(hrt[:, :2])  # type: ignore[operator]
+            scores = self.tail_scores(self.model.score_t(hrt[:, :2]))  # type: ignore[operator]
             return F.cross_entropy(scores, hrt[:, 2], reduction="none")
         score = self.model.score_hrt(hrt).reshape(-1)  # type: ignore[operator]
         return F.softplus(-score) if self.loss == "bce" else -score

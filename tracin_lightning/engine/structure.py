@@ -7,6 +7,10 @@ A per-sample gradient of a KGE model is stored in three reduced forms (see ``ENG
 - ``linear``: for a linear layer ``y = W a + b``, the gradient at the layer output ``g`` and the
   layer input ``a`` for every position the layer saw. The dense weight gradient is
   ``sum_p g_p a_p^T``; a bias is folded in by appending a constant 1 to ``a``.
+- ``tables``: for an embedding table that a 1-N loss reads whole (scores against every entity), the
+  rank-one terms ``p (x) q`` of that read: ``p`` the loss gradient with respect to the scores of all
+  entities, ``q`` the gradient of one score with respect to its entity's row (``ENGINE.md``, Fact 3).
+  The table's dense gradient is the ``rows`` scatter plus ``sum_r p_r q_r^T``.
 - ``dense``: everything else, flattened.
 
 Inner products of two such gradients are computed exactly without materialising the dense form.
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["LinearGradients", "RowGradients", "SampleGradients", "pairwise_dot", "self_dot"]
+__all__ = ["LinearGradients", "RowGradients", "SampleGradients", "TableGradients", "pairwise_dot", "self_dot"]
 
 
 @dataclass
@@ -49,11 +53,25 @@ class LinearGradients:
 
 
 @dataclass
+class TableGradients:
+    """Rank-one terms of whole-table reads of one embedding table (a 1-N loss's candidate side).
+
+    Attributes:
+        probs: ``(B, R, n)`` loss gradient with respect to the scores of all ``n`` rows, per read.
+        queries: ``(B, R, d)`` gradient of a row's score with respect to that row, per read.
+    """
+
+    probs: Tensor
+    queries: Tensor
+
+
+@dataclass
 class SampleGradients:
     """Per-sample gradients of a batch in reduced form (all parts share the batch size B)."""
 
     rows: dict[str, RowGradients] = field(default_factory=dict)
     linear: dict[str, LinearGradients] = field(default_factory=dict)
+    tables: dict[str, TableGradients] = field(default_factory=dict)
     dense: Tensor | None = None
 
     @property
@@ -63,6 +81,8 @@ class SampleGradients:
             return part.ids.shape[0]
         for lin in self.linear.values():
             return lin.out_grads.shape[0]
+        for table in self.tables.values():
+            return table.probs.shape[0]
         if self.dense is not None:
             return self.dense.shape[0]
         return 0
@@ -72,6 +92,7 @@ class SampleGradients:
         return SampleGradients(
             rows={k: RowGradients(v.ids[index], v.grads[index]) for k, v in self.rows.items()},
             linear={k: LinearGradients(v.out_grads[index], v.inputs[index]) for k, v in self.linear.items()},
+            tables={k: TableGradients(v.probs[index], v.queries[index]) for k, v in self.tables.items()},
             dense=None if self.dense is None else self.dense[index],
         )
 
@@ -84,6 +105,10 @@ class SampleGradients:
             ok &= torch.isfinite(lin.out_grads).flatten(1).all(1) & torch.isfinite(lin.inputs).flatten(1).all(
                 1
             )
+        for table in self.tables.values():
+            ok &= torch.isfinite(table.probs).flatten(1).all(1) & torch.isfinite(table.queries).flatten(
+                1
+            ).all(1)
         if self.dense is not None:
             ok &= torch.isfinite(self.dense).all(1)
         return ok
@@ -92,6 +117,7 @@ class SampleGradients:
         """Memory held by these gradients, in bytes."""
         tensors: list[Tensor] = [t for v in self.rows.values() for t in (v.ids, v.grads)]
         tensors += [t for v in self.linear.values() for t in (v.out_grads, v.inputs)]
+        tensors += [t for v in self.tables.values() for t in (v.probs, v.queries)]
         if self.dense is not None:
             tensors.append(self.dense)
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -101,6 +127,8 @@ class SampleGradients:
             return part.ids.device
         for lin in self.linear.values():
             return lin.out_grads.device
+        for table in self.tables.values():
+            return table.probs.device
         return self.dense.device if self.dense is not None else torch.device("cpu")
 
 
@@ -123,6 +151,22 @@ def _linear_dot(a: LinearGradients, b: LinearGradients) -> Tensor:
     return (g * x).view(batch_a, pos_a, batch_b, pos_b).sum(dim=(1, 3))
 
 
+def _tables_dot(a: TableGradients, b: TableGradients) -> Tensor:
+    # <sum_r p_r q_r^T, sum_s p'_s q'_s^T> = sum_{r,s} (p_r . p'_s) (q_r . q'_s)
+    batch_a, reads_a, n = a.probs.shape
+    batch_b, reads_b, _ = b.probs.shape
+    p = a.probs.reshape(-1, n) @ b.probs.reshape(-1, n).T
+    q = a.queries.reshape(batch_a * reads_a, -1) @ b.queries.reshape(batch_b * reads_b, -1).T
+    return (p * q).view(batch_a, reads_a, batch_b, reads_b).sum(dim=(1, 3))
+
+
+def _rows_table_dot(a: RowGradients, b: TableGradients) -> Tensor:
+    # <scatter(g at ids), sum_r p_r q_r^T> = sum_{s,r} p_r[ids_s] (g_s . q_r)
+    gq = torch.einsum("asd,brd->asbr", a.grads, b.queries.to(a.grads.dtype))
+    p = b.probs[:, :, a.ids].permute(2, 3, 0, 1)  # (Ba, S, Bb, R)
+    return (gq * p).sum(dim=(1, 3))
+
+
 def pairwise_dot(a: SampleGradients, b: SampleGradients) -> Tensor:
     """Exact inner products between every sample of ``a`` and every sample of ``b``.
 
@@ -143,6 +187,12 @@ def pairwise_dot(a: SampleGradients, b: SampleGradients) -> Tensor:
     out = torch.zeros(a.batch_size, b.batch_size, dtype=torch.float32, device=a._device())
     for name, rows in a.rows.items():
         out += _rows_dot(rows, b.rows[name]).float()
+        if name in b.tables:
+            out += _rows_table_dot(rows, b.tables[name]).float()
+    for name, table in a.tables.items():
+        out += _tables_dot(table, b.tables[name]).float()
+        if name in b.rows:
+            out += _rows_table_dot(b.rows[name], table).float().T
     for name, lin in a.linear.items():
         out += _linear_dot(lin, b.linear[name]).float()
     if a.dense is not None:
@@ -158,6 +208,15 @@ def self_dot(a: SampleGradients) -> Tensor:
         products = torch.einsum("bsd,bud->bsu", rows.grads, rows.grads)
         same = rows.ids.unsqueeze(2) == rows.ids.unsqueeze(1)
         out += (products * same).sum(dim=(1, 2)).float()
+    for name, table in a.tables.items():
+        p = torch.einsum("brn,bsn->brs", table.probs, table.probs)
+        q = torch.einsum("brd,bsd->brs", table.queries, table.queries)
+        out += (p * q).sum(dim=(1, 2)).float()
+        if name in a.rows:
+            rows = a.rows[name]
+            gq = torch.einsum("bsd,brd->bsr", rows.grads, table.queries)
+            picked = torch.gather(table.probs, 2, rows.ids.unsqueeze(1).expand(-1, table.probs.shape[1], -1))
+            out += 2 * (gq * picked.transpose(1, 2)).sum(dim=(1, 2)).float()
     for lin in a.linear.values():
         g = torch.einsum("bpd,bqd->bpq", lin.out_grads, lin.out_grads)
         x = torch.einsum("bpd,bqd->bpq", lin.inputs, lin.inputs)
