@@ -35,11 +35,36 @@ def test_metrics_equal_a_hand_computation() -> None:
     assert got["map"] == pytest.approx(np.mean(ap), abs=1e-6)
 
 
-def test_evaluate_cli(saved_conve, tmp_path: Path) -> None:
+def test_filtered_out_triples_rank_after_every_candidate() -> None:
+    """NaN (removed by a candidate filter) ranks last, expected edges among them at the very end."""
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 30, generator=generator)
+    scores[:, 20:] = float("nan")
+    expected = {0: {4, 25}, 1: {22}}
+    got = explanation_metrics(scores, expected, ks=(1, 25))
+    hits1, hits25, rr, ap = [], [], [], []
+    for t, relevant in expected.items():
+        finite = sorted(range(20), key=lambda i: -float(scores[t, i]))
+        removed = [i for i in range(20, 30) if i not in relevant] + sorted(i for i in relevant if i >= 20)
+        order = finite + removed
+        ranks = sorted(order.index(i) + 1 for i in relevant)
+        hits1.append(float(ranks[0] <= 1))
+        hits25.append(float(ranks[0] <= 25))
+        rr.append(1 / ranks[0])
+        ap.append(sum((j + 1) / rank for j, rank in enumerate(ranks)) / len(ranks))
+    assert got["hits@1"] == pytest.approx(np.mean(hits1), abs=1e-6)
+    assert got["hits@25"] == pytest.approx(np.mean(hits25), abs=1e-6)
+    assert got["mrr"] == pytest.approx(np.mean(rr), abs=1e-6)
+    assert got["map"] == pytest.approx(np.mean(ap), abs=1e-6)
+    assert got["expected_filtered_out"] == 2
+
+
+@pytest.mark.parametrize("candidates", ["all", "neighbourhood"])
+def test_evaluate_cli(saved_conve, tmp_path: Path, candidates: str) -> None:
     output = tmp_path / "out"
     config = {
         "model": {"model": str(saved_conve.directory), "checkpoints": str(saved_conve.manifest), "top_k": 2},
-        "data": {"dataset": "nations", "num_test": 2},
+        "data": {"dataset": "nations", "num_test": 2, "candidates": candidates, "hops": 1},
         "writer": {"output_dir": str(output), "save_matrix": True},
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
     }
@@ -48,7 +73,7 @@ def test_evaluate_cli(saved_conve, tmp_path: Path) -> None:
     main(["predict", "--config", str(path)])
     data = TriplesDataModule(dataset="nations", num_test=2)
     matrix = np.load(output / "influence_matrix.npy")
-    best = int(np.argmax(matrix[0]))  # the top proponent of test triple 0 as its "known explanation"
+    best = int(np.nanargmax(matrix[0]))  # the top proponent of test triple 0 as its "known explanation"
     test = data.maps.labels(data.test_triples[:1])[0]
     edge = data.maps.labels(data.train_triples[best : best + 1])[0]
     expected = tmp_path / "expected.tsv"
@@ -56,6 +81,16 @@ def test_evaluate_cli(saved_conve, tmp_path: Path) -> None:
     main(["evaluate", str(output), "--expected", str(expected), "--ks", "1", "10"])
     metrics = json.loads((output / "explanation_metrics.json").read_text())
     assert metrics["hits@1"] == metrics["mrr"] == metrics["map"] == 1.0 and metrics["num_test"] == 1
+    if candidates != "all":  # a filtered run: an expected edge the filter removed is ranked last
+        removed = np.flatnonzero(np.isnan(matrix[0]))
+        assert removed.size, "hops=1 on Nations should remove some training triples"
+        far = data.maps.labels(data.train_triples[int(removed[0]) : int(removed[0]) + 1])[0]
+        expected.write_text("\n".join("\t".join([*test, *e]) for e in (edge, far)) + "\n")
+        main(["evaluate", str(output), "--expected", str(expected), "--ks", "1", "10"])
+        metrics = json.loads((output / "explanation_metrics.json").read_text())
+        kept = int(np.isfinite(matrix[0]).sum())
+        assert metrics["expected_filtered_out"] == 1 and metrics["mrr"] == 1.0
+        assert metrics["map"] == pytest.approx((1 + 2 / matrix.shape[1]) / 2) and kept < matrix.shape[1]
     expected.write_text("\t".join([*test, "brazil", "embassy", "atlantis"]) + "\n")
     with pytest.raises(TracInInputError, match=rf"{expected}:1: .*atlantis.* is not a training triple"):
         main(["evaluate", str(output), "--expected", str(expected)])

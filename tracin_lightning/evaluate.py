@@ -59,27 +59,27 @@ def explanation_metrics(
     """Mean hits@k, MRR and MAP of the expected edges in each test triple's influence ranking.
 
     Args:
-        influence: ``(T, N)`` influence matrix (training triples ranked by descending influence).
+        influence: ``(T, N)`` influence matrix (training triples ranked by descending influence);
+            NaN marks triples a candidate filter removed, ranked last (see ``expected_filtered_out``).
         expected: test position -> expected training rows.
         ks: cut-offs for hits@k.
 
     Example:
         >>> scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
         >>> explanation_metrics(scores, {0: {2}, 1: {1}}, ks=(1,))
-        {'hits@1': 0.5, 'mrr': 0.75, 'map': 0.75, 'num_test': 2}
+        {'hits@1': 0.5, 'mrr': 0.75, 'map': 0.75, 'num_test': 2, 'expected_filtered_out': 0}
     """
     if not expected:
         raise TracInInputError("no expected explanation edges")
     rows = sorted(expected)
     result: dict[str, float] = {}
     per: dict[str, list[Tensor]] = {name: [] for name in [*(f"hits@{k}" for k in ks), "mrr", "map"]}
+    filtered_out = 0
     for t in rows:
         target = torch.zeros(influence.shape[1], dtype=torch.bool)
         target[list(expected[t])] = True
-        # torchmetrics counts only positive predictions as retrieved; influence is signed, so shift
-        # it (order-preserving, in float64) to rank every training triple.
-        row = influence[t].double()
-        preds = row - row.min() + 1.0
+        preds = _ranking_scores(influence[t], target)
+        filtered_out += int((target & influence[t].isnan()).sum())
         for k in ks:
             per[f"hits@{k}"].append(retrieval_hit_rate(preds, target, top_k=k))
         per["mrr"].append(retrieval_reciprocal_rank(preds, target))
@@ -87,4 +87,21 @@ def explanation_metrics(
     for name, values in per.items():
         result[name] = round(float(torch.stack(values).mean()), 6)
     result["num_test"] = len(rows)
+    result["expected_filtered_out"] = filtered_out
     return result
+
+
+def _ranking_scores(row: Tensor, target: Tensor) -> Tensor:
+    """Positive, order-preserving scores for torchmetrics, with filtered-out triples ranked last.
+
+    torchmetrics counts only positive predictions as retrieved and influence is signed, so the
+    finite scores are shifted (in float64) to start at 1. Training triples a candidate filter
+    removed carry NaN: they rank after every candidate, and expected edges among them rank after
+    the other removed triples (the worst case, so a filter never flatters the metrics).
+    """
+    row = row.double()
+    finite = ~row.isnan()
+    if not finite.any():
+        return torch.where(target, 0.25, 0.5).double()
+    shifted = row - row[finite].min() + 1.0
+    return torch.where(finite, shifted, torch.where(target, 0.25, 0.5).double())
