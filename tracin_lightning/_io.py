@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json"]
+from .errors import TracInInputError
+
+__all__ = ["atomic_path", "read_json_object", "write_json"]
 
 
 @contextmanager
@@ -32,3 +34,22 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json_object(path: Path, *, missing: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``missing`` says what the file should have been when it is absent.
+
+    Raises:
+        TracInInputError: naming ``path`` (and the line of a JSON syntax error).
+    """
+    if not path.is_file():
+        raise TracInInputError(f"{path} not found: {missing}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TracInInputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise TracInInputError(f"{path}: not UTF-8 text ({error.reason})") from None
+    if not isinstance(data, dict):
+        raise TracInInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TracInInputError
+from ._io import read_json_object
 
 __all__ = ["Names", "read_edge_map", "read_node_names"]
 
@@ -41,15 +41,7 @@ def read_node_names(path: str | Path, entity_to_id: Mapping[str, int] | None = N
 
 def read_edge_map(path: str | Path) -> dict[str, str]:
     """Relation label -> readable name from an edge map JSON (either layout in the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TracInInputError(f"edge map not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise TracInInputError(f"{path} is not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise TracInInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    data = read_json_object(Path(path), missing="expected an edge map (JSON)")
     out: dict[str, str] = {}
     for key, value in data.items():
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import heapq
 import html
-import json
 import math
 import os
 import shutil
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._io import read_json_object
 from .errors import TracInInputError
 from .writer import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 
@@ -180,17 +180,7 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
 
 # ---------------------------------------------------------------- reading
 def _read_run_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise TracInInputError(f"{path} not found: expected a finished run's writer.output_dir")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise TracInInputError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-    except UnicodeDecodeError as error:
-        raise TracInInputError(f"{path}: not UTF-8 text ({error.reason})") from None
-    if not isinstance(data, dict):
-        raise TracInInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    return read_json_object(path, missing="expected a finished run's writer.output_dir")
 
 
 def _csv_rows(path: Path, columns: Sequence[str], what: str) -> Iterator[tuple[int, dict[str, str]]]:
