@@ -13,11 +13,12 @@ install-dev:
 	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
-# Train a small ConvE on bundled Kinships (checkpoints every 5 epochs), explain 20 test triples.
+# Train a small ConvE on bundled Kinships (checkpoints every 5 epochs), explain 20 test triples, report.
 demo: install
 	$(PYTHON) scripts/train_kinships.py --output runs/kinships_conve
 	tracin-lightning predict --config configs/kinships_conve.yaml
-	@echo "results: runs/kinships_conve/tracin/ (influence_topk.csv, run.json, config.yaml)"
+	tracin-lightning report runs/kinships_conve/tracin
+	@echo "results: runs/kinships_conve/tracin/ (influence_topk.csv, run.json, config.yaml; open report/index.html)"
 	@head -n 6 runs/kinships_conve/tracin/influence_topk.csv
 
 test: install-dev
