@@ -183,6 +183,16 @@ class TracInModule(L.LightningModule):
             self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
         return {"index": index, "influence": scores}
 
+    def resume(self, *, done_batches: set[int], topk: TopK | None) -> None:
+        """Continue an interrupted run: skip the batches (by first row) already written, keep ``topk``.
+
+        Called by :class:`~tracin_lightning.writer.InfluenceWriter` at the first batch, after
+        ``on_predict_start`` has made a fresh top-k.
+        """
+        self.skip_batches = set(done_batches)
+        if topk is not None:
+            self.topk = topk.to(self.device)
+
     # -------------------------------------------------------------- helpers
     def _self(self, triples: Tensor) -> Tensor:
         return batch_self_influence(self.gradients, self.states, triples)

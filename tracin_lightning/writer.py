@@ -24,6 +24,7 @@ from typing_extensions import override
 from ._io import atomic_path, write_json
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
+from .module import TracInModule
 
 __all__ = ["SELF_COLUMNS", "SELF_NAME_COLUMNS", "TOPK_COLUMNS", "TOPK_NAME_COLUMNS", "InfluenceWriter"]
 
@@ -150,9 +151,9 @@ class InfluenceWriter(BasePredictionWriter):
     ) -> None:
         # Runs after the module's on_predict_start, so the restored top-k is not reset by it.
         if batch_idx == 0 and self._resumed is not None:
-            pl_module.skip_batches = set(self._done)  # type: ignore[assignment]
-            if self._resumed["topk"] is not None:
-                pl_module.topk = self._resumed["topk"].to(pl_module.device)  # type: ignore[assignment]
+            if not isinstance(pl_module, TracInModule):
+                raise TypeError(f"InfluenceWriter resumes a TracInModule, got {type(pl_module).__name__}")
+            pl_module.resume(done_batches=set(self._done), topk=self._resumed["topk"])
 
     @override
     def write_on_batch_end(
