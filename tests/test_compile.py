@@ -13,9 +13,10 @@ from tracin_lightning.engine.structure import pairwise_dot
 
 
 @pytest.mark.timeout(600)
-def test_compile_is_exact_or_warns(trained) -> None:
+@pytest.mark.parametrize("loss_name", ["bce", "ce"])  # ce adds the table hooks and virtual rows
+def test_compile_is_exact_or_warns(trained, loss_name: str) -> None:
     run = trained("DistMult", False)
-    loss = TripleLoss(model=run.model)
+    loss = TripleLoss(model=run.model, loss=loss_name)
     params = select_parameters(run.model, None)
     state = {k: v.detach() for k, v in run.model.state_dict().items()}
     eager = PerSampleGradients(loss=loss, params=params)
