@@ -492,26 +492,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     learning_rates: list[float] | None = base.learning_rates
     if args.checkpoint_dir is not None:
         checkpoints, learning_rates = save_checkpoints(base, Path(args.checkpoint_dir)), None
+    # loss ce: the per-triple version of the training loss
+    tracin: dict[str, Any] = {
+        "checkpoints": checkpoints,
+        "learning_rates": learning_rates,
+        "loss": "ce",
+        "batch_size": args.influence_batch_size,
+    }
     started = time.perf_counter()
-    influence = compute_influence(
-        base.model,
-        train,
-        test,
-        checkpoints=checkpoints,
-        learning_rates=learning_rates,
-        loss="ce",
-        batch_size=args.influence_batch_size,
-    )
+    influence = compute_influence(base.model, train, test, **tracin)
     influence_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    self_influence = compute_self_influence(
-        base.model,
-        train,
-        checkpoints=checkpoints,
-        learning_rates=learning_rates,
-        loss="ce",
-        batch_size=args.influence_batch_size,
-    )
+    self_influence = compute_self_influence(base.model, train, **tracin)
     self_seconds = time.perf_counter() - started
     print(
         f"influence ({len(test)} x {len(train)}, {len(base.checkpoints)} checkpoints) in "

@@ -753,11 +753,7 @@ class TriplesDataModule(L.LightningDataModule):
         return found
 
     def _radius_text(self) -> str:
-        return (
-            f"hops={self.hops}"
-            if self.candidates == "neighbourhood"
-            else f"max_path_length={self.max_path_length}"
-        )
+        return ", ".join(f"{k}={v}" for k, v in self.candidate_options().items() if k != "candidates")
 
     def candidate_info(self) -> dict[str, Any]:
         """Filter options and counts for ``run.json``: kept triples per test triple and their union."""

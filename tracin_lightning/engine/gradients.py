@@ -105,13 +105,13 @@ class _Calls:
     def __init__(
         self,
         probes: Sequence[Tensor] | None = None,
-        shapes: Sequence[tuple[str, str, torch.Size]] | None = None,
+        layout: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         self.probes = probes
         self.shapes: list[tuple[str, str, torch.Size]] = []  # (kind, module, output shape)
         self.aux: list[Tensor] = []
         self.position = 0
-        self.layout = _virtual_layout(shapes or [])
+        self.layout = layout or {}  # from _virtual_layout(recorded shapes)
 
     def __call__(self, kind: str, name: str, inputs: Tensor, output: Tensor) -> Tensor | None:
         if self.probes is None:
@@ -213,6 +213,7 @@ class PerSampleGradients:
         self._active: _Calls | None = None
         self._fn: Callable[..., Any] | None = None
         self._shapes: list[tuple[str, str, torch.Size]] | None = None
+        self._layout: dict[int, tuple[int, int]] = {}  # virtual rows of table reads, from _shapes
 
     # ----------------------------------------------------------------- hooks
     def _candidate_modules(self) -> GradientPlan:
@@ -228,7 +229,6 @@ class PerSampleGradients:
             inner = getattr(module, "_embeddings", None)  # PyKEEN's Embedding representation
             if one_to_n and type(inner) is nn.Embedding and f"{prefix}_embeddings.weight" in selected:
                 tables[name] = f"{prefix}_embeddings.weight"
-            prefix = f"{name}." if name else ""
             if type(module) is nn.Embedding and module.max_norm is None and f"{prefix}weight" in selected:
                 rows[name] = f"{prefix}weight"
             elif type(module) is nn.Linear and f"{prefix}weight" in selected:
@@ -361,7 +361,7 @@ class PerSampleGradients:
     def _sample_loss(
         self, dense: dict[str, Tensor], probes: list[Tensor], const: dict[str, Tensor], hrt: Tensor
     ) -> tuple[Tensor, list[Tensor]]:
-        calls = _Calls(probes, self._shapes)
+        calls = _Calls(probes, self._layout)
         self._active = calls
         value = functional_call(self.loss, _prefixed({**const, **dense}), (hrt.unsqueeze(0),)).sum()
         self._active = None
@@ -382,6 +382,7 @@ class PerSampleGradients:
         plan = self.plan
         if self._shapes is None:  # fixed by the model and plan: record once, not one extra forward per batch
             self._shapes = self._record(state, triples[:1], plan)
+            self._layout = _virtual_layout(self._shapes)
         shapes = self._shapes
         probes = [
             torch.zeros(
