@@ -485,8 +485,9 @@ class TriplesDataModule(L.LightningDataModule):
 
     Args:
         dataset: name of a PyKEEN dataset (``nations``, ``kinships`` and ``umls`` ship with PyKEEN and
-            work offline). Training triples = its training split; test triples default to its testing
-            split.
+            work offline; ``fb15k237`` and ``wn18rr`` ship with this package, see
+            :mod:`tracin_lightning.datasets`). Training triples = its training split; test triples
+            default to its testing split.
         directory: a folder written by PyKEEN's ``save_to_directory`` (or its ``training_triples/``
             subfolder); training triples and label maps come from ``training_triples/``. Needs
             ``test_path`` or ``test_labels``.
@@ -820,8 +821,11 @@ def _load_dataset(name: str) -> tuple[Any, Any]:
     """Training and testing factories of a PyKEEN dataset."""
     from pykeen.datasets import get_dataset
 
-    try:
-        loaded = get_dataset(dataset=name)
+    from .datasets import get_dataset as get_shipped
+    from .datasets import is_local_dataset
+
+    try:  # the shipped FB15k-237 / WN18RR first: PyKEEN's own classes of those names download
+        loaded = get_shipped(name) if is_local_dataset(name) else get_dataset(dataset=name)
     except Exception as error:  # unknown name, failed download, ...: name what was asked for
         raise TracInInputError(f"cannot load PyKEEN dataset {name!r}: {error}") from error
     return loaded.training, loaded.testing
