@@ -1,0 +1,71 @@
+"""The necessary-explanations benchmark end to end in smoke mode (Nations, tiny ComplEx), in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "necessary_explanations.py"),
+            "--smoke",
+            "--cache",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    done = run(cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((cache / "result.json").read_text())
+    assert result["complete"] and result["config"]["dataset"] == "nations"
+    train = result["config"]
+    predictions = result["predictions"]
+    assert len(predictions["triples"]) == train["num_predictions"] == 10
+    budget = train["budget"]
+    sets = result["removal_sets"]
+    for name in ("tracin@k=1", f"tracin@k={budget}", f"tracin-head@k={budget}", f"random-head@k={budget}"):
+        assert len(sets[name]) == 10
+    assert all(len(one) == 1 for one in sets["tracin@k=1"])
+    assert all(len(one) <= budget for one in sets[f"grad-cos@k={budget}"])
+    # restricted explainers only pick training triples that mention the prediction's head
+    from pykeen.datasets import Nations
+
+    mapped = Nations().training.mapped_triples.tolist()
+    for name in (f"tracin-head@k={budget}", f"random-head@k={budget}", f"similar-head@k={budget}"):
+        for (h, _, _), rows in zip(predictions["triples"], sets[name]):
+            assert all(h in (mapped[i][0], mapped[i][2]) for i in rows), name
+    # the k=1 proponent is the first of the top-k
+    assert [one[0] for one in sets[f"tracin@k={budget}"]] == [one[0] for one in sets["tracin@k=1"]]
+    retrains = result["retrains"]
+    assert retrains["repeat"]["identical_to_base"] is True
+    # the base model's own weights again: every prediction is still ranked first, so they all were
+    assert retrains["repeat"]["delta"] == {"h@1": 0.0, "mrr": 0.0}
+    removed = set(retrains[f"tracin@k={budget}"]["removed_rows"])
+    assert removed == {i for one in sets[f"tracin@k={budget}"] for i in one}
+    assert retrains["noise"]["removed_rows"] == [] and retrains["noise"]["seed"] == train["seed"] + 1
+    for entry in retrains.values():
+        assert -1.0 <= entry["delta"]["h@1"] <= 0.0 and -1.0 < entry["delta"]["mrr"] <= 0.0
+    assert "| tracin@k=1 | 10 |" in done.stdout and "| noise | 0 |" in done.stdout
+
+    # a second run continues from the cache: nothing is trained again, same results
+    again = run(cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training" not in again.stderr
+    assert json.loads((cache / "result.json").read_text())["retrains"].keys() == retrains.keys()
