@@ -439,14 +439,17 @@ def explanations(
 
 
 def cached_tensor(path: Path, make: Any) -> tuple[Tensor, float | None]:
-    """A tensor from ``path`` or ``make()``, saved there; the seconds it took (None: from the cache)."""
+    """A tensor from ``path`` or ``make()``, saved there; the seconds ``make()`` took (kept beside it)."""
+    timing = path.with_suffix(".json")
     if path.is_file():
-        return torch.load(path, weights_only=True), None
+        seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+        return torch.load(path, weights_only=True), seconds
     started = time.perf_counter()
     value = make()
     seconds = time.perf_counter() - started
     with atomic_path(path) as tmp:
         torch.save(value, tmp)
+    write_json(timing, {"seconds": seconds})
     return value, seconds
 
 

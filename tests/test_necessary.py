@@ -68,4 +68,6 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     again = run(cache)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stderr
-    assert json.loads((cache / "result.json").read_text())["retrains"].keys() == retrains.keys()
+    resumed = json.loads((cache / "result.json").read_text())
+    assert resumed["retrains"] == retrains and resumed["removal_sets"] == sets
+    assert resumed["explain_seconds"] == result["explain_seconds"]  # kept beside the cached tensors
