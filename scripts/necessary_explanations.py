@@ -117,14 +117,17 @@ PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
 #: ConvE's convolution costs more per triple. For FB15k-237 (3.1x the training triples) pass fewer
 #: epochs (scripts/necessary_all.sh does).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "complex": {"embedding_dim": 100, "epochs": 40, "lr": 0.01, "batch_size": 1024, "negatives": 4},
+    "complex": {"embedding_dim": 100, "epochs": 20, "lr": 0.01, "batch_size": 1024, "negatives": 4},
     "transe": {"embedding_dim": 100, "epochs": 40, "lr": 0.01, "batch_size": 1024, "negatives": 4},
     "conve": {"embedding_dim": 100, "epochs": 15, "lr": 0.003, "batch_size": 1024, "negatives": 4},
 }
 BUNDLED = ("nations", "kinships", "umls")
-#: Model arguments by default: no regulariser for ComplEx (PyKEEN's default adds an L2 term, which is
-#: not part of the loss TracIn differentiates).
-MODEL_KWARGS: dict[str, dict[str, Any]] = {"complex": {"regularizer": None}}
+#: Model arguments by default. ComplEx: no regulariser (PyKEEN's default adds an L2 term, which is not
+#: part of the loss TracIn differentiates), and Xavier-normal initialisation instead of PyKEEN's
+#: standard normal: with the latter, 40 epochs reached a WN18RR test MRR of 0.070; with Xavier, 10 epochs
+#: reached a validation tail MRR of 0.363 (1,000 validation triples; no test triple was looked at).
+_XAVIER = {"entity_initializer": "xavier_normal", "relation_initializer": "xavier_normal"}
+MODEL_KWARGS: dict[str, dict[str, Any]] = {"complex": {"regularizer": None, **_XAVIER}}
 MODEL_NAMES = {"complex": "ComplEx", "transe": "TransE", "conve": "ConvE"}
 
 log = logging.getLogger("necessary")
