@@ -112,8 +112,8 @@ PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
     ("transe", "wn18rr"): {"Kelpie": (-0.92, -0.904), "Data Poisoning": (-0.77, -0.701), "length": 1.67},
 }
 
-#: Per-model defaults, for WN18RR. One WN18RR ComplEx epoch at these settings took ~9 CPU-seconds on
-#: one thread here (24 s of CPU for start-up + 2 epochs), so 40 epochs stay under ~10 minutes unloaded;
+#: Per-model defaults, for WN18RR. One WN18RR ComplEx epoch at these settings took ~5-6 CPU-seconds on
+#: one thread here (12-14 s wall with the machine shared), so a training run stays under ~10 minutes;
 #: ConvE's convolution costs more per triple. For FB15k-237 (3.1x the training triples) pass fewer
 #: epochs (scripts/necessary_all.sh does).
 DEFAULTS: dict[str, dict[str, Any]] = {
