@@ -29,10 +29,13 @@ _EXPORTS = {
     "compute_influence": "api",
     "compute_self_influence": "api",
     "TracInInputError": "errors",
+    "build_index": "index",
+    "InfluenceIndex": "index",
 }
 
 __all__ = [
     "Checkpoint",
+    "InfluenceIndex",
     "InfluenceWriter",
     "LabelMaps",
     "PyKEENTracInCallback",
@@ -41,6 +44,7 @@ __all__ = [
     "TracInModule",
     "TriplesDataModule",
     "__version__",
+    "build_index",
     "compute_influence",
     "compute_self_influence",
     "load_model",
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     )
     from .data import LabelMaps, TriplesDataModule
     from .errors import TracInInputError
+    from .index import InfluenceIndex, build_index
     from .module import TracInModule
     from .writer import InfluenceWriter
 

@@ -163,6 +163,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["report"]:
         report(argv[1:])
         return
+    if argv[:1] in (["index"], ["explain"]):
+        from .index.cli import main as index_main
+
+        index_main(argv)
+        return
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")

@@ -240,13 +240,15 @@ class IndexWriter(BasePredictionWriter):
         ids: dict[str, Tensor] = {}
         for k, grads in enumerate(prediction["gradients"]):
             arrays = flatten(grads)
+            projected = []
             if self.projection is not None:
+                projected = [key for key, v in arrays.items() if self.projection.projects(key, v.shape[-1])]
                 arrays = self.projection.apply(arrays)
             for key, value in arrays.items():
                 if key.endswith("/ids") and not torch.equal(ids.setdefault(key, value), value):
                     raise RuntimeError(f"lookup ids of {key} differ between checkpoints")
             if not writer.allocated:
-                writer.allocate(arrays)
+                writer.allocate(arrays, projected=projected)
             writer.write(self._offsets[first], k, arrays)
         self._done.append(first)
         self._batches += 1
@@ -346,7 +348,7 @@ class IndexWriter(BasePredictionWriter):
             else {
                 "dim": self.projection.dim,
                 "seed": self.projection.seed,
-                "projected": [p.key for p in parts if self.projection.projects(p.key, p.shape[-1])],
+                "projected": metas[0].get("projected", []),
             },
             "parts": [p.as_dict() for p in parts],
             "shards": [{"directory": f"shards/rank{r}", "rows": int(m["rows"])} for r, m in enumerate(metas)],

@@ -207,7 +207,7 @@ class InfluenceIndex:
             self._train = np.load(self.directory / self.manifest["train_triples"]["file"], mmap_mode="r")
         return self._train
 
-    def encode(self, triples: Tensor | Sequence[Sequence[Any]]) -> Tensor:
+    def encode(self, triples: Tensor | Sequence[Sequence[Any]], *, source: str = "test triple") -> Tensor:
         """Test triples as ``(T, 3)`` ids: a tensor of ids, or ``[head, relation, tail]`` labels.
 
         Raises:
@@ -220,7 +220,7 @@ class InfluenceIndex:
             if rows and all(isinstance(x, str) for row in rows for x in row):
                 if self.maps is None:
                     raise TracInInputError("this index has no label maps: give test triples as ids")
-                test = self.maps.encode(rows, source="test triple")
+                test = self.maps.encode(rows, source=source)
             else:
                 test = torch.tensor(rows, dtype=torch.long)
         if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:

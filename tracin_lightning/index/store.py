@@ -187,8 +187,11 @@ class ShardWriter:
     def allocated(self) -> bool:
         return bool(self.parts)
 
-    def allocate(self, example: Mapping[str, Tensor]) -> None:
-        """Create the files for parts shaped like ``example`` (one batch), or reopen them on resume."""
+    def allocate(self, example: Mapping[str, Tensor], *, projected: Sequence[str] = ()) -> None:
+        """Create the files for parts shaped like ``example`` (one batch), or reopen them on resume.
+
+        ``projected`` names the parts that were projected (recorded in ``meta.json``).
+        """
         specs = [
             PartSpec(key, tuple(value.shape[1:]), str(value.dtype).removeprefix("torch."))
             for key, value in example.items()
@@ -215,7 +218,12 @@ class ShardWriter:
                     )
             write_json(
                 meta_path,
-                {"fingerprint": self.fingerprint, "rows": n, "parts": [s.as_dict() for s in specs]},
+                {
+                    "fingerprint": self.fingerprint,
+                    "rows": n,
+                    "parts": [s.as_dict() for s in specs],
+                    "projected": list(projected),
+                },
             )
         self.parts = specs
         for j, spec in enumerate(specs):
