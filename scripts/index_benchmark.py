@@ -201,7 +201,8 @@ def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model, states, rates = checkpoints("ConvE", factory, args.dim, args.checkpoints)
     kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size)
     out: dict[str, Any] = {"model": "ConvE", "dim": args.dim, "num_train": int(train.shape[0]),
-                           "checkpoints": args.checkpoints, "projection_dim": args.projection_dim}  # fmt: skip
+                           "checkpoints": args.checkpoints,
+                           "projection_dim": args.projection_dim}  # fmt: skip
     epoch = []
     for state in states:
         model.load_state_dict(state)
