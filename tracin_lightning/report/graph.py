@@ -87,10 +87,10 @@ def layout(graph: nx.MultiDiGraph, *, seed: int = 0) -> dict[str, tuple[float, f
     pinned = {ends[0]: (-1.5, 0.0), ends[-1]: (1.5, 0.0)} if len(ends) == 2 else {ends[0]: (0.0, 0.0)}
     springs = nx.Graph(graph)
     nx.set_edge_attributes(springs, 1.0, "weight")
-    for node in graph:  # weak springs to the test edge keep a component apart from it in the picture
-        for end in pinned:
-            if node not in pinned and not springs.has_edge(node, end):
-                springs.add_edge(node, end, weight=0.15)
+    for part in list(nx.connected_components(springs)):
+        if part.isdisjoint(pinned):  # weak springs keep a part unlinked to the test edge in the picture
+            for node in part:
+                springs.add_edges_from(((node, end) for end in pinned), weight=0.3)
     fan = graph.subgraph(pinned)  # the edges between the test ends, drawn as a fan of arcs
     marks = [_arc_middle(pinned[u], pinned[v], rad) for (u, v, _), rad in edge_bends(fan, pinned).items()]
     for number, point in enumerate(marks):  # fixed, unlinked nodes: the springs keep others off the fan

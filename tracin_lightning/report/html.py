@@ -173,8 +173,9 @@ def case_page(case: Case, info: Mapping[str, Any], images: Sequence[tuple[str, s
         f'<p class="note">Model {_e(str(info.get("model_class", info.get("model", "?"))))}; influence summed '
         f"over {len(info.get('checkpoints') or [])} checkpoint(s) and compared with "
         f"{_e(str(info.get('num_train', '?')))} training triples. Proponents raised this prediction "
-        "during training, opponents lowered it. In the drawing, the test edge is yellow, training edges "
-        "are blue (proponents) or red (opponents), and wider edges have larger |influence|.</p>\n"
+        "during training, opponents lowered it. In the drawing, the test edge is dashed between the yellow "
+        "nodes, training edges are blue (proponents) or red (opponents), and wider edges have larger "
+        "|influence|.</p>\n"
         f"{figures}"
         f"<h2>Top proponents ({len(case.proponents)})</h2>\n{_influence_table(case.proponents, 'proponent')}"
         f"<h2>Top opponents ({len(case.opponents)})</h2>\n{_influence_table(case.opponents, 'opponent')}"
