@@ -18,7 +18,7 @@ import yaml
 from tracin_lightning.cli import main
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.report import build_report
-from tracin_lightning.report.graph import TEST_KEY, draw_graph, edge_bends, layout
+from tracin_lightning.report.graph import TEST_KEY, draw_graph, drawing_order, edge_bends, layout
 from tracin_lightning.report.read import read_topk
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -291,9 +291,11 @@ def test_graph_has_the_test_edge_and_the_strongest_training_edges(runs: Runs, tm
         got = {(u, v, k): (d["relation"], d["influence"]) for u, v, k, d in graph.edges(keys=True, data=True)}
         assert got == want
         assert graph.nodes[test["test_head"]] == {"name": test["test_head_name"], "test": True}
-        # drawn weakest first, so the strongest ends on top
-        strengths = [abs(i) for *_, i in graph.edges(data="influence") if i is not None]
-        assert strengths == sorted(strengths)
+        # the test edge first, then the weakest first, so the strongest ends on top
+        order = drawing_order(graph)
+        assert order[0][2] == TEST_KEY and sorted(order) == sorted(want)
+        strengths = [abs(graph.edges[e]["influence"]) for e in order[1:]]
+        assert strengths == sorted(strengths) and len(set(strengths)) > 1
         positions = layout(graph)
         assert positions[case.triple.head] == (-1.5, 0.0) and positions[case.triple.tail] == (1.5, 0.0)
         assert positions == layout(graph)  # deterministic

@@ -19,7 +19,15 @@ from matplotlib.lines import Line2D
 from .read import Case, short
 from .style import DPI, OPPONENT_COLOUR, PROPONENT_COLOUR, TEST_COLOUR, figure, plain
 
-__all__ = ["GRAPH_EDGES_PER_KIND", "TEST_KEY", "draw_graph", "edge_bends", "influence_graph", "layout"]
+__all__ = [
+    "GRAPH_EDGES_PER_KIND",
+    "TEST_KEY",
+    "draw_graph",
+    "drawing_order",
+    "edge_bends",
+    "influence_graph",
+    "layout",
+]
 
 #: training edges per kind (proponents, opponents) drawn in the subgraph: more would be unreadable
 GRAPH_EDGES_PER_KIND = 5
@@ -36,8 +44,7 @@ def influence_graph(case: Case, *, per_kind: int = GRAPH_EDGES_PER_KIND) -> nx.M
     Nodes are entity labels with ``name`` (readable name) and ``test`` (an end of the test edge).
     Edges run head -> tail with ``relation`` (readable name), ``kind`` (``"test"``, ``"proponent"``,
     ``"opponent"``), ``influence`` (None for the test edge) and ``train_index``; the test edge has
-    key :data:`TEST_KEY`, a training edge ``"<kind>-<rank>"``. Edges are added test edge first, then
-    in increasing ``|influence|``, which is the order they are drawn in (the strongest on top).
+    key :data:`TEST_KEY`, a training edge ``"<kind>-<rank>"``.
 
     Example:
         >>> from tracin_lightning.report.read import Case, Influence, Triple
@@ -137,6 +144,24 @@ def edge_bends(
     return dict(sorted(bends.items()))
 
 
+def drawing_order(graph: nx.MultiDiGraph) -> list[tuple[str, str, str]]:
+    """Edges in drawing order: the test edge, then by increasing ``|influence|`` (strongest on top).
+
+    Example:
+        >>> graph = nx.MultiDiGraph()
+        >>> graph.add_edge("a", "b", "p", influence=0.5)
+        'p'
+        >>> graph.add_edge("a", "c", "o", influence=-0.7)
+        'o'
+        >>> graph.add_edge("a", "b", TEST_KEY, influence=None)
+        'test'
+        >>> drawing_order(graph)
+        [('a', 'b', 'test'), ('a', 'b', 'p'), ('a', 'c', 'o')]
+    """
+    edges = graph.edges(keys=True, data="influence")
+    return [(u, v, k) for u, v, k, i in sorted(edges, key=lambda e: -1.0 if e[3] is None else abs(e[3]))]
+
+
 def _node_text(name: str) -> str:
     lines = textwrap.wrap(name, 13, break_long_words=True) or [name]
     if len(lines) > 2:
@@ -183,7 +208,8 @@ def draw_graph(case: Case, path: Path, *, per_kind: int = GRAPH_EDGES_PER_KIND) 
         edgecolors=["#7a5c00" if t else "#999999" for t in is_test], linewidths=1.2,
     )  # fmt: skip
     nx.draw_networkx_labels(graph, positions, labels=texts, ax=ax, font_size=8)
-    for (u, v, key), rad in bends.items():
+    for u, v, key in drawing_order(graph):
+        rad = bends[(u, v, key)]
         data: Mapping = graph.edges[u, v, key]
         test = data["kind"] == "test"
         width = 3.0 if test else 1.0 + 4.0 * abs(data["influence"]) / largest
