@@ -15,6 +15,7 @@ install-dev:
 
 # Train a small ConvE on bundled Kinships (checkpoints every 5 epochs), explain 20 test triples, report.
 demo: install
+	$(PYTHON) -m pip install -q -e ".[report]"
 	$(PYTHON) scripts/train_kinships.py --output runs/kinships_conve
 	tracin-lightning predict --config configs/kinships_conve.yaml
 	tracin-lightning report runs/kinships_conve/tracin

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tracin_lightning import data as data_module
 from tracin_lightning.data import (
     LabelMaps,
     TripleBatches,
@@ -28,6 +27,7 @@ from tracin_lightning.data import (
     read_labeled_triples,
 )
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.inputs import tsv as tsv_module
 
 ENTITIES = {"brazil": 0, "burma": 1, "china": 2, "usa": 3}
 RELATIONS = {"embassy": 0, "treaties": 1}
@@ -203,7 +203,7 @@ def test_read_labeled_triples_in_many_chunks(nations, monkeypatch, tmp_path: Pat
     lines.insert(700, "")
     path = write(tmp_path / "train.txt", "\n".join(lines) + "\n")
     assert torch.equal(read_labeled_triples(path, maps), nations.training.mapped_triples)
-    monkeypatch.setattr(data_module, "_CHUNK_CHARS", 100)  # a few lines per chunk
+    monkeypatch.setattr(tsv_module, "CHUNK_CHARS", 100)  # a few lines per chunk
     assert torch.equal(read_labeled_triples(path, maps), nations.training.mapped_triples)
     lines[1234] = "brazil\tembassy\tatlantis"
     write(path, "\n".join(lines) + "\n")

@@ -131,7 +131,7 @@ def report(args: list[str]) -> None:
     import argparse
 
     from .errors import TracInInputError
-    from .report import build_report
+    from .report import ReportDependencyError, build_report
 
     parser = argparse.ArgumentParser(
         prog="tracin-lightning report",
@@ -146,7 +146,7 @@ def report(args: list[str]) -> None:
     options = parser.parse_args(args)
     try:
         index = build_report(options.output_dir, top=options.top, destination=options.destination)
-    except TracInInputError as error:
+    except (TracInInputError, ReportDependencyError) as error:
         raise SystemExit(f"tracin-lightning report: {error}") from None
     print(index)
 

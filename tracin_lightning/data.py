@@ -7,14 +7,13 @@ naming the file and line, or the label, that caused it.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -25,6 +24,9 @@ from typing_extensions import override
 
 from .engine.candidates import MAX_RADIUS, MODES, CandidateFilter, build_filter, count_candidates
 from .errors import TracInInputError
+from .inputs.tsv import read_chunks as _read_chunks
+from .inputs.tsv import read_tsv_rows as read_tsv_rows
+from .inputs.tsv import split_line as _split
 from .names import Names, read_edge_map, read_node_names
 
 __all__ = [
@@ -40,68 +42,6 @@ __all__ = [
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 #: Header cells that name the id column of a map file (PyKEEN writes ``id<TAB>label``).
 _ID_NAMES = frozenset({"id", "index", "idx"})
-#: Characters of text per chunk when reading triples: bounds the Python objects alive at once.
-_CHUNK_CHARS = 1 << 24
-
-
-# ----------------------------------------------------------------------------------------------- files
-
-
-def _open(path: Path) -> IO[str]:
-    if not path.exists():
-        raise TracInInputError(f"file not found: {path}")
-    if not path.is_file():
-        raise TracInInputError(f"not a file: {path}")
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"  # by content, not name: a renamed .gz still reads
-    # utf-8-sig drops a byte-order mark that would otherwise become part of the first label
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _read_chunks(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """``(number of the first line, lines)`` chunks of a text file; decoding errors name the file."""
-    number = 1
-    try:
-        with _open(path) as handle:
-            while lines := handle.readlines(_CHUNK_CHARS):
-                yield number, lines
-                number += len(lines)
-    except UnicodeDecodeError as error:
-        raise TracInInputError(f"{path}: not UTF-8 text (at or after line {number}): {error}") from None
-    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise TracInInputError(f"{path}: cannot read: {error}") from None
-
-
-def _split(line: str) -> list[str] | None:
-    """Tab-separated cells of a line, or None for a blank line."""
-    if not line.strip():
-        return None
-    return line.rstrip("\r\n").split("\t")
-
-
-def read_tsv_rows(path: str | Path, *, columns: int) -> list[tuple[int, list[str]]]:
-    """``(line number, cells)`` of a small tab-separated file (``.gz`` ok); blank lines skipped.
-
-    Raises:
-        TracInInputError: naming ``path:line`` for a line without exactly ``columns`` cells.
-    """
-    path = Path(path)
-    rows = []
-    for first, lines in _read_chunks(path):
-        for number, line in enumerate(lines, start=first):
-            cells = _split(line)
-            if cells is None:
-                continue
-            if len(cells) != columns:
-                raise TracInInputError(
-                    f"{path}:{number}: expected {columns} tab-separated columns, found {len(cells)}"
-                )
-            rows.append((number, cells))
-    return rows
-
-
 # ---------------------------------------------------------------------------------------------- id maps
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._io import read_json_object
+from .inputs.tsv import read_tsv_rows
 
 __all__ = ["Names", "read_edge_map", "read_node_names"]
 
@@ -29,8 +30,6 @@ def read_node_names(path: str | Path, entity_to_id: Mapping[str, int] | None = N
     Raises:
         TracInInputError: naming ``path:line`` for a line without exactly two tab-separated columns.
     """
-    from .data import read_tsv_rows
-
     rows = [(cells[0], cells[1]) for _, cells in read_tsv_rows(path, columns=2)]
     if entity_to_id is not None and rows and all(b.strip().isdigit() for _, b in rows):
         id_to_label = {i: label for label, i in entity_to_id.items()}

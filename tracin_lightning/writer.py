@@ -25,18 +25,10 @@ from ._io import atomic_path, write_json
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
 from .module import TracInModule
+from .outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 
 __all__ = ["SELF_COLUMNS", "SELF_NAME_COLUMNS", "TOPK_COLUMNS", "TOPK_NAME_COLUMNS", "InfluenceWriter"]
 
-TOPK_COLUMNS = (
-    "test_index", "test_head", "test_relation", "test_tail", "kind", "rank",
-    "train_index", "train_head", "train_relation", "train_tail", "influence",
-)  # fmt: skip
-SELF_COLUMNS = ("train_index", "head", "relation", "tail", "self_influence")
-#: appended when the datamodule has readable names (``node_names`` / ``edge_map``)
-TOPK_NAME_COLUMNS = ("test_head_name", "test_relation_name", "test_tail_name",
-                     "train_head_name", "train_relation_name", "train_tail_name")  # fmt: skip
-SELF_NAME_COLUMNS = ("head_name", "relation_name", "tail_name")
 PARTIAL = ".partial"
 
 
