@@ -209,3 +209,15 @@ def test_plain_rows_numbered_in_order_with_a_writer(setup, tmp_path: Path) -> No
         np.load(tmp_path / "plain" / "influence_matrix.npy"),
         np.load(tmp_path / "data" / "influence_matrix.npy"),
     )
+
+
+def test_test_triples_set_between_runs_are_kept(setup) -> None:
+    run, files, data = setup
+    reused = module(run, files)
+    trainer().predict(reused, datamodule=data)
+    reused.test_triples = run.test[4:6]  # the user's choice for the next run, over the datamodule's
+    again = trainer().predict(reused, datamodule=data)
+    fresh = trainer().predict(module(run, files, test_triples=run.test[4:6]), datamodule=data)
+    assert again is not None and fresh is not None
+    torch.testing.assert_close(again[0]["influence"], fresh[0]["influence"], rtol=0, atol=0)
+    assert again[0]["influence"].shape[0] == 2

@@ -142,6 +142,7 @@ class TracInModule(L.LightningModule):
         self.test_batch_size = test_batch_size
         self.given_test_triples = test_triples  # test_triples is this run's, resolved at predict start
         self.test_triples = test_triples
+        self._resolved_test: Tensor | None = None  # what the last run set test_triples to
         self.gradients = PerSampleGradients(
             loss=self.triple_loss, params=self.param_names, factorize=factorize, compile=compile
         )
@@ -160,7 +161,9 @@ class TracInModule(L.LightningModule):
         Runs at ``setup("predict")`` (before callbacks such as the writer look at ``test_triples``) and
         again at ``on_predict_start``, so one module serves several ``trainer.predict`` calls.
         """
-        self.test_triples = self.given_test_triples
+        if self.test_triples is not self._resolved_test:  # set by the user since: theirs to keep
+            self.given_test_triples = self.test_triples
+        self.test_triples = self._resolved_test = self.given_test_triples
         self.states = []
         self.test_grads = []
         self.topk = None
@@ -303,7 +306,7 @@ class TracInModule(L.LightningModule):
                 )
             except NonFiniteGradientError as error:
                 raise self._non_finite(error, test, torch.arange(test.shape[0]), what="test") from None
-        self.test_triples = test.cpu()
+        self.test_triples = self._resolved_test = test.cpu()
         logger.info("parameter paths: %s", self.parameter_paths)
         if self.top_k:
             k = self.top_k
