@@ -44,7 +44,11 @@ class TracInModule(L.LightningModule):
     then scores its training batch against all test triples at once.
 
     Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
-    from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`).
+    from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`). A training batch
+    is a mapping ``{"triples": (B, 3), "index": (B,)}`` (as that datamodule yields) or, from your own
+    DataLoader, a plain ``(B, 3)`` id tensor whose rows are numbered 0, 1, ... in the order they arrive
+    (one process only: under DDP yield the mapping). Every ``trainer.predict`` starts afresh
+    (:meth:`reset_run_state`), so one module can serve several datamodules.
 
     Candidate filtering is the datamodule's (``candidates``, ``hops``, ``max_path_length``): it streams
     only the union of candidates, and this module takes its ``candidate_filter`` onto its own device
