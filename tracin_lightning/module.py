@@ -44,7 +44,11 @@ class TracInModule(L.LightningModule):
     then scores its training batch against all test triples at once.
 
     Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
-    from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`).
+    from the Trainer's datamodule (:class:`~tracin_lightning.data.TriplesDataModule`). A training batch
+    is a mapping ``{"triples": (B, 3), "index": (B,)}`` (as that datamodule yields) or, from your own
+    DataLoader, a plain ``(B, 3)`` id tensor whose rows are numbered 0, 1, ... in the order they arrive
+    (one process only: under DDP yield the mapping). Every ``trainer.predict`` starts afresh
+    (:meth:`reset_run_state`), so one module can serve several datamodules.
 
     Candidate filtering is the datamodule's (``candidates``, ``hops``, ``max_path_length``): it streams
     only the union of candidates, and this module takes its ``candidate_filter`` onto its own device
@@ -140,7 +144,9 @@ class TracInModule(L.LightningModule):
         self.mode = mode
         self.top_k = top_k
         self.test_batch_size = test_batch_size
+        self.given_test_triples = test_triples  # test_triples is this run's, resolved at predict start
         self.test_triples = test_triples
+        self._resolved_test: Tensor | None = None  # what the last run set test_triples to
         self.gradients = PerSampleGradients(
             loss=self.triple_loss, params=self.param_names, factorize=factorize, compile=compile
         )
@@ -150,10 +156,35 @@ class TracInModule(L.LightningModule):
         self.candidate_filter: CandidateFilter | None = None
         self.triples_seen = 0
         self.skip_batches: set[int] = set()  # batches (by first row) already done in a resumed run
+        self.next_row = 0  # the row number of the next plain (B, 3) batch
+
+    def reset_run_state(self) -> None:
+        """Forget everything of an earlier prediction run: test triples and their gradients, loaded
+        checkpoint states, top-k, candidate filter, resume skip set and counters.
+
+        Runs at ``setup("predict")`` (before callbacks such as the writer look at ``test_triples``) and
+        again at ``on_predict_start``, so one module serves several ``trainer.predict`` calls.
+        """
+        if self.test_triples is not self._resolved_test:  # set by the user since: theirs to keep
+            self.given_test_triples = self.test_triples
+        self.test_triples = self._resolved_test = self.given_test_triples
+        self.states = []
+        self.test_grads = []
+        self.topk = None
+        self.candidate_filter = None
+        self.triples_seen = 0
+        self.skip_batches = set()
+        self.next_row = 0
 
     # ---------------------------------------------------------------- hooks
     @override
+    def setup(self, stage: str) -> None:
+        if stage == "predict":
+            self.reset_run_state()
+
+    @override
     def on_predict_start(self) -> None:
+        self.reset_run_state()
         self._require_gradients()
         self._check_maps()
         self._load_checkpoints()
@@ -162,10 +193,11 @@ class TracInModule(L.LightningModule):
             self.candidate_filter = self._resolve_candidate_filter()
 
     @override
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor] | None:
-        if self.skip_batches and int(batch["index"][0]) in self.skip_batches:
+    def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor] | None:
+        triples, index = self._unpack(batch)
+        if self.skip_batches and int(index[0]) in self.skip_batches:
             return None
-        triples, index = batch["triples"].to(self.device), batch["index"]
+        triples = triples.to(self.device)
         self._check_ids(triples, "training triples", index)
         self.triples_seen += triples.shape[0]
         try:
@@ -194,6 +226,41 @@ class TracInModule(L.LightningModule):
             self.topk = topk.to(self.device)
 
     # -------------------------------------------------------------- helpers
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(triples (B, 3), index (B,))`` of a batch: a mapping as TripleBatches yields, or plain ids.
+
+        A plain ``(B, 3)`` tensor (or a one-tensor list/tuple, as ``TensorDataset`` gives) gets row numbers
+        counted in the order the batches arrive: right for one process reading its loader in order.
+        """
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, Tensor) and _is_triples(batch):
+            if self.trainer.world_size > 1:
+                raise TracInInputError(
+                    f"plain (B, 3) training batches carry no row numbers, so under {self.trainer.world_size} "
+                    "processes their rows cannot be numbered: yield {'triples': (B, 3), 'index': (B,)} "
+                    "with each row's number (as TriplesDataModule does), or run one process"
+                )
+            index = torch.arange(self.next_row, self.next_row + batch.shape[0])
+            self.next_row += batch.shape[0]
+            return batch, index
+        triples = batch.get("triples") if isinstance(batch, Mapping) else None
+        if isinstance(triples, Tensor) and _is_triples(triples):
+            rows = batch.get("index")
+            if (
+                isinstance(rows, Tensor)
+                and rows.ndim == 1
+                and rows.shape[0] == triples.shape[0]
+                and not rows.is_floating_point()
+                and not rows.is_complex()
+            ):
+                return triples, rows
+        raise TracInInputError(
+            "a training batch must be a (B, 3) integer tensor of (head, relation, tail) ids, or a mapping "
+            "{'triples': (B, 3) integer tensor, 'index': (B,) integer tensor of the rows' numbers}; "
+            f"got {_describe_batch(batch)}"
+        )
+
     def _self(self, triples: Tensor) -> Tensor:
         return batch_self_influence(self.gradients, self.states, triples)
 
@@ -243,7 +310,7 @@ class TracInModule(L.LightningModule):
                 )
             except NonFiniteGradientError as error:
                 raise self._non_finite(error, test, torch.arange(test.shape[0]), what="test") from None
-        self.test_triples = test.cpu()
+        self.test_triples = self._resolved_test = test.cpu()
         logger.info("parameter paths: %s", self.parameter_paths)
         if self.top_k:
             k = self.top_k
@@ -360,3 +427,26 @@ class TracInModule(L.LightningModule):
     def test_triple_list(self) -> Sequence[Sequence[int]]:
         """The test triples as id lists (after prediction started)."""
         return [] if self.test_triples is None else self.test_triples.tolist()
+
+
+def _is_triples(value: Tensor) -> bool:
+    return (
+        value.ndim == 2
+        and value.shape[1] == 3
+        and value.shape[0] > 0
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    )
+
+
+def _describe_batch(batch: Any) -> str:
+    if isinstance(batch, Tensor):
+        return f"a {tuple(batch.shape)} {batch.dtype} tensor"
+    if isinstance(batch, Mapping):
+        parts = ", ".join(
+            f"{k!r}: {_describe_batch(v) if isinstance(v, Tensor) else type(v).__name__}"
+            for k, v in batch.items()
+        )
+        return "{" + parts + "}"
+    if isinstance(batch, (list, tuple)):
+        return f"a {type(batch).__name__} of {len(batch)} item(s)"
+    return type(batch).__name__

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing_extensions import override
 from ._io import atomic_path, write_json
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
+from .fingerprint import file_digest, state_digest, tensor_digest
 from .module import TracInModule
 from .outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 
@@ -78,6 +78,7 @@ class InfluenceWriter(BasePredictionWriter):
         self._count = 0
         self._batches = 0
         self._done: list[int] = []
+        self._earlier_segments: list[float] = []  # wall seconds of the interrupted segments before this one
         self._resumed: dict[str, Any] | None = None
         self._fingerprint: dict[str, Any] = {}
         self._files: dict[str, Any] = {}
@@ -96,9 +97,10 @@ class InfluenceWriter(BasePredictionWriter):
         self._started = time.perf_counter()
         self._count = self._batches = 0
         self._done = []
+        self._earlier_segments = []
         rank = trainer.global_rank
         self._fingerprint = _fingerprint(trainer, pl_module, self.save_matrix)
-        self._resumed = self._load_state(rank) if self.resume else None
+        self._resumed = self._load_state(trainer, rank) if self.resume else None
         if self._resumed is None and rank == 0 and not self.resume:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -114,19 +116,20 @@ class InfluenceWriter(BasePredictionWriter):
         if self._resumed:
             self._count, self._batches = self._resumed["triples"], self._resumed["batches"]
             self._done = list(self._resumed["done"])
+            self._earlier_segments = list(self._resumed["segments"])
 
-    def _load_state(self, rank: int) -> dict[str, Any] | None:
+    def _load_state(self, trainer: L.Trainer, rank: int) -> dict[str, Any] | None:
         path = self._state_path(rank)
         if not path.is_file():
             return None
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != self._fingerprint:
-            differ = sorted(
-                k for k in self._fingerprint if state["fingerprint"].get(k) != self._fingerprint[k]
-            )
+        old = state["fingerprint"]
+        if old != self._fingerprint:
+            differ = sorted(k for k in self._fingerprint if old.get(k) != self._fingerprint[k])
+            changes = _changes(old, self._fingerprint, getattr(trainer, "datamodule", None))
             raise TracInInputError(
                 f"{self.output_dir} holds partial results of a different run "
-                f"(differs in: {', '.join(differ)}); "
+                f"(differs in: {', '.join(differ)}){''.join(f'; {c}' for c in changes)}; "
                 "refusing to mix them: use another output_dir, or delete "
                 f"{self.partial_dir} to start over"
             )
@@ -176,10 +179,14 @@ class InfluenceWriter(BasePredictionWriter):
             self._save_state(trainer, pl_module)
         self._show_rate(trainer)
 
+    def _segments(self) -> list[float]:
+        """Wall seconds of each segment of this run so far (an interrupted one up to its last record)."""
+        return [*self._earlier_segments, time.perf_counter() - self._started]
+
     def _show_rate(self, trainer: L.Trainer) -> None:
         # Lightning's bar counts batches (and estimates time left); show training triples per second too.
         bar = getattr(trainer.progress_bar_callback, "predict_progress_bar", None)
-        elapsed = time.perf_counter() - self._started
+        elapsed = sum(self._segments())
         if bar is not None and hasattr(bar, "set_postfix") and elapsed > 0:
             bar.set_postfix({"triples/s": f"{self._count / elapsed:,.0f}"}, refresh=False)
 
@@ -198,6 +205,7 @@ class InfluenceWriter(BasePredictionWriter):
             "batches": self._batches,
             "done": self._done,
             "bytes": sizes,
+            "segments": self._segments(),
             "topk": None if topk is None else topk.to("cpu"),
         }
         with atomic_path(self._state_path(trainer.global_rank)) as tmp:
@@ -249,21 +257,34 @@ class InfluenceWriter(BasePredictionWriter):
         else:
             self._write_self(world, labels)
             outputs.append("self_influence.csv")
-        wall = time.perf_counter() - self._started
+        summaries[0]["segments"] = self._segments()  # rank 0's last segment runs until now, merge included
+        segments = _segment_walls([s["segments"] for s in summaries])
+        wall = sum(segments)
+        train = getattr(datamodule, "train_triples", None)
         info = {
             **pl_module.run_info(),
             "data": getattr(datamodule, "train_source", None),
-            "num_train": num_train,
+            "num_train": num_train,  # kept for older readers: the rows streamed
+            "num_train_streamed": num_train,
+            "num_train_total": None if train is None else int(train.shape[0]),
             "num_test": len(labels.test) if pl_module.mode == "influence" else 0,
             "candidates": _candidate_info(datamodule),
             "per_rank": [
-                {"rank": s["rank"], "triples": s["triples"], "batches": s["batches"]} for s in summaries
+                {
+                    "rank": s["rank"],
+                    "triples": s["triples"],
+                    "batches": s["batches"],
+                    "segment_wall_seconds": [round(x, 3) for x in s["segments"]],
+                }
+                for s in summaries
             ],
             "precision": str(trainer.precision),
             "accelerator": type(trainer.accelerator).__name__,
             "world_size": world,
             "num_nodes": trainer.num_nodes,
-            "wall_seconds": round(wall, 3),
+            "resumed": len(segments) > 1,
+            "segment_wall_seconds": [round(x, 3) for x in segments],
+            "wall_seconds": round(wall, 3),  # all segments: an interrupted one up to its last recorded chunk
             "train_triples_per_second": round(num_train / wall, 1) if wall > 0 else None,
             "outputs": outputs,
             "names_missing": None
@@ -366,13 +387,23 @@ class _Labels:
 
 
 def _digest(tensor: Tensor | None) -> str | None:
-    if tensor is None:
-        return None
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return None if tensor is None else tensor_digest(tensor)
+
+
+def _checkpoint_digest(checkpoint: Any) -> str:
+    if checkpoint.source is None:
+        return "the model's own weights"  # covered by the model's digest
+    if isinstance(checkpoint.source, Mapping):
+        return state_digest(checkpoint.source)
+    return file_digest(checkpoint.source)
 
 
 def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[str, Any]:
-    """What must be equal for partial results to be resumed (not devices, precision plugins, timings)."""
+    """What must be equal for partial results to be resumed (not devices, precision plugins, timings).
+
+    Inputs are identified by content (SHA-256 of the model's weights, of each checkpoint file and of
+    the triples), not only by name: a retrained model or a checkpoint overwritten in place is caught.
+    """
     datamodule = getattr(trainer, "datamodule", None)
     hparams = {k: v for k, v in dict(pl_module.hparams).items() if k not in ("compile", "test_batch_size")}
     test = (
@@ -380,10 +411,14 @@ def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[
         if pl_module.test_triples is not None
         else getattr(datamodule, "test_triples", None)
     )
+    model = getattr(pl_module, "kge_model", None)
+    checkpoints = getattr(pl_module, "checkpoint_list", [])
     return {
         "model": getattr(pl_module, "model_source", None),
+        "model_weights": None if model is None else state_digest(model.state_dict()),
         "loss": getattr(pl_module, "loss_description", None),
-        "checkpoints": [(c.name, c.learning_rate) for c in getattr(pl_module, "checkpoint_list", [])],
+        "checkpoints": [(c.name, c.learning_rate) for c in checkpoints],
+        "checkpoint_contents": [_checkpoint_digest(c) for c in checkpoints],
         "options": json.dumps(hparams, sort_keys=True, default=str),
         "test_triples": _digest(test),
         "train_triples": _digest(getattr(datamodule, "train_triples", None)),
@@ -393,6 +428,35 @@ def _fingerprint(trainer: L.Trainer, pl_module: Any, save_matrix: bool) -> dict[
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
     }
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any], datamodule: Any) -> list[str]:
+    """Say what changed between two fingerprints, by content where a name stayed the same."""
+    said = []
+    if old.get("model") == new["model"] and old.get("model_weights") != new["model_weights"]:
+        said.append(f"the model {new['model']} has other weights than when the partial results were written")
+    if old.get("checkpoints") == new["checkpoints"]:
+        before = old.get("checkpoint_contents") or [None] * len(new["checkpoint_contents"])
+        for i, (a, b) in enumerate(zip(before, new["checkpoint_contents"])):
+            if a != b:
+                said.append(
+                    f"checkpoint {i + 1} ({new['checkpoints'][i][0]}) content changed since the partial "
+                    "results were written"
+                )
+    if old.get("train_triples") != new["train_triples"]:
+        source = getattr(datamodule, "train_source", None) or "the datamodule"
+        said.append(f"the training triples of {source} changed")
+    if old.get("test_triples") != new["test_triples"]:
+        said.append("the test triples changed")
+    return said
+
+
+def _segment_walls(per_rank: list[list[float]]) -> list[float]:
+    """Each segment's wall time, the slowest rank's; lists are aligned at the end (the last segment is
+    everyone's), since a rank killed before its first record has one segment fewer."""
+    count = max(len(s) for s in per_rank)
+    padded = [[0.0] * (count - len(s)) + list(s) for s in per_rank]
+    return [max(column) for column in zip(*padded)]
 
 
 def _candidate_options(datamodule: Any) -> dict[str, Any]:
