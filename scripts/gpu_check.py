@@ -8,13 +8,14 @@ in the time left is reported as ``skipped: time`` instead of overrunning):
 
 - ``exactness``: ``compute_influence`` on the device against the slow reference
   (:mod:`tracin_lightning.testing`: one backward per triple, dense flattened gradients, float64 dot
-  products) for ConvE, DistMult, TransE and ComplEx trained 3 epochs on Nations, losses bce, score
-  and ce, 3 checkpoints; per test triple, max abs error over max(row max abs, 1e-3 x matrix max abs)
-  must be <= 1e-5 in float32. TF32 is switched off for these cases (an extra info row shows ConvE
-  with cuDNN's default TF32 convolutions).
+  products) for ConvE, DistMult, TransE and ComplEx trained 3 epochs on Nations (1-N cross-entropy,
+  a checkpoint per epoch), losses bce, score and ce, 3 checkpoints; per test triple, max abs error
+  over max(row max abs, 1e-3 x matrix max abs) must be <= 1e-5 in float32. TF32 is switched off for
+  these cases (an extra info row shows ConvE with cuDNN's default TF32 convolutions).
 - ``throughput``: all FB15k-237 training triples x 100 test triples, 3 checkpoints, ComplEx and
-  ConvE (dimension 200, trained 3 epochs here), through ``compute_influence``, beside one plain
-  batched forward+backward epoch over the same triples on the same device.
+  ConvE (dimension 200, trained 3 epochs here like the small models), through
+  ``compute_influence``, beside one plain batched forward+backward epoch over the same triples on
+  the same device.
 - ``precision``: ``bf16-mixed`` and ``16-mixed`` against the float32 runs above: Spearman of each
   test triple's row, top-10 overlap, speed-up.
 - ``compile``: ``TracInModule(compile=True)`` against eager on a slice of FB15k-237: speed-up
@@ -35,7 +36,6 @@ written atomically).
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import functools
 import logging
@@ -87,6 +87,7 @@ class Size:
 
     exact_train: int = 40
     exact_test: int = 6
+    exact_fit: int | None = None  # Nations training triples the small models are trained on (None: all)
     exact_both_inverse: bool = True  # every family with and without inverse triples
     fb_train: int | None = None  # None: all 272,115
     fb_test: int = 100
@@ -116,10 +117,11 @@ class Size:
 
 
 SMOKE = Size(
-    exact_train=16,
-    exact_test=4,
+    exact_train=12,
+    exact_test=3,
+    exact_fit=256,
     exact_both_inverse=False,
-    fb_train=512,
+    fb_train=256,
     fb_test=4,
     fb_dim=16,
     conve_channels=4,
@@ -247,7 +249,9 @@ class Check:
             row.status = f"skipped: time (stopped after {time.perf_counter() - start:.0f} s)"
         except Exception as error:  # one broken case must not cost the rest of the run
             traceback.print_exc()
-            row.status = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            row.status = (
+                f"error: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+            )
         row.values["case_seconds"] = round(time.perf_counter() - start, 3)
         if self.device.type == "cuda":
             row.values["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(self.device) / GIB, 3)
@@ -282,39 +286,40 @@ def train_with_checkpoints(
     device: torch.device,
     seed: int = 0,
 ) -> Trained:
-    """LCWA / Adam training in one call, keeping a CPU copy of the state after every epoch."""
+    """1-N cross-entropy (the ``ce`` loss, both directions with inverse triples), Adam, in a plain loop,
+    keeping a CPU copy of the state after every epoch.
+
+    Not PyKEEN's training loop: that one runs ``gc.collect()`` every epoch, seconds in a process that
+    holds torch, Lightning and PyKEEN, and builds sparse LCWA targets first.
+    """
     from pykeen.models import model_resolver
-    from pykeen.training import LCWATrainingLoop
-    from pykeen.training.callbacks import TrainingCallback
-
-    class KeepStates(TrainingCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.states: list[dict[str, Tensor]] = []
-
-        def post_epoch(self, epoch: int, epoch_loss: float, **kwargs: Any) -> None:
-            self.states.append({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
 
     torch.manual_seed(seed)
     start = time.perf_counter()
     model = model_resolver.make(name, triples_factory=factory, random_seed=seed, **model_kwargs).to(device)
-    # no automatic memory optimisation: its sub-batch search runs gc.collect() and costs seconds
-    loop = LCWATrainingLoop(
-        model=model,
-        triples_factory=factory,
-        optimizer=torch.optim.Adam(model.parameters(), lr=lr),
-        automatic_memory_optimization=False,
-    )
-    keep = KeepStates()
-    loop.train(
-        triples_factory=factory, num_epochs=epochs, batch_size=batch_size, use_tqdm=False, callbacks=[keep]
-    )
+    inverse = bool(getattr(model, "use_inverse_triples", False))
+    loss = TripleLoss(model=model, loss="ce", inverse=inverse)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    triples = factory.mapped_triples.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    states = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(triples.shape[0], generator=generator).to(device)
+        for batch in triples[order].split(batch_size):
+            if batch.shape[0] < 2:  # BatchNorm cannot train on one sample
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss(batch).mean().backward()
+            optimizer.step()
+            model.post_parameter_update()  # PyKEEN's constraints (e.g. unit-norm entities)
+        states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     model.eval()
+    optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     rates = [lr / (epoch + 1) for epoch in range(epochs)]  # distinct rates catch a mixed-up pairing
-    inverse = bool(getattr(model, "use_inverse_triples", False))
-    return Trained(model, keep.states, rates, inverse, time.perf_counter() - start)
+    return Trained(model, states, rates, inverse, time.perf_counter() - start)
 
 
 def load_fb15k237() -> tuple[Any, Tensor]:
@@ -405,13 +410,19 @@ def exactness(check: Check) -> None:
         if size.exact_both_inverse:
             cases.append((name, name != "ConvE"))
     trained: dict[tuple[str, bool], tuple[Trained, Tensor, Tensor]] = {}
-    strict = {"cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+    strict = {
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
 
     def get(name: str, inverse: bool) -> tuple[Trained, Tensor, Tensor]:
         if (name, inverse) not in trained:
             dataset = Nations(create_inverse_triples=inverse)
+            fit = dataset.training
+            if size.exact_fit is not None:
+                fit = with_inverse(fit, fit.mapped_triples[: size.exact_fit], inverse)
             run = train_with_checkpoints(
-                name, dataset.training, SMALL_KWARGS[name], epochs=3, batch_size=256, lr=0.01,
+                name, fit, SMALL_KWARGS[name], epochs=3, batch_size=128, lr=0.01,
                 device=check.device,
             )  # fmt: skip
             generator = torch.Generator().manual_seed(0)
@@ -463,7 +474,9 @@ def exactness(check: Check) -> None:
                 label = f"{name}{' +inverse' if inverse else ''}, {loss}, 3 checkpoints"
                 check.case("exactness", label, 2.0, one(name, inverse, loss, tf32=False))
         if check.device.type == "cuda":
-            check.case("exactness", "ConvE +inverse, bce, cuDNN TF32 on", 2.0, one("ConvE", True, "bce", tf32=True))
+            check.case(
+                "exactness", "ConvE +inverse, bce, cuDNN TF32 on", 2.0, one("ConvE", True, "bce", tf32=True)
+            )
     finally:
         torch.backends.cudnn.allow_tf32 = strict["cudnn_tf32"]
         torch.backends.cuda.matmul.allow_tf32 = strict["matmul_tf32"]
@@ -487,8 +500,12 @@ def fb_models(check: Check, store: dict[str, Any]) -> None:
         seconds, (factory, test) = check.timed(load_fb15k237)
         train = factory.mapped_triples if size.fb_train is None else factory.mapped_triples[: size.fb_train]
         store["fb"] = (factory, train, test[: size.fb_test])
-        row.measured = f"{train.shape[0]:,} training, {min(size.fb_test, test.shape[0])} test triples, {seconds:.1f} s"
-        row.values.update(load_seconds=seconds, num_train=int(train.shape[0]), num_entities=factory.num_entities)
+        row.measured = (
+            f"{train.shape[0]:,} training, {min(size.fb_test, test.shape[0])} test triples, {seconds:.1f} s"
+        )
+        row.values.update(
+            load_seconds=seconds, num_train=int(train.shape[0]), num_entities=factory.num_entities
+        )
 
     check.case("throughput", "load FB15k-237 (TriplesFactory.from_path, packaged files)", 5.0, load)
     if "fb" not in store:
@@ -500,7 +517,9 @@ def fb_models(check: Check, store: dict[str, Any]) -> None:
         if name == "ConvE":
             kwargs["output_channels"] = size.conve_channels
 
-        def fill(row: Row, name: str = name, inverse: bool = inverse, kwargs: dict[str, Any] = kwargs) -> None:
+        def fill(
+            row: Row, name: str = name, inverse: bool = inverse, kwargs: dict[str, Any] = kwargs
+        ) -> None:
             run = train_with_checkpoints(
                 name, with_inverse(factory, train, inverse), kwargs, epochs=size.train_epochs,
                 batch_size=size.train_batch, lr=0.001, device=check.device,
@@ -557,17 +576,23 @@ def precision(check: Check, store: dict[str, Any]) -> None:
         for mode in ("bf16-mixed", "16-mixed"):
             fb: FBRun | None = store.get(name)
             if fb is None or fb.float32 is None or fb.float32_seconds is None:
-                check.rows.append(Row("precision", f"{name} {mode}", status="skipped: its float32 run did not run"))
+                check.rows.append(
+                    Row("precision", f"{name} {mode}", status="skipped: its float32 run did not run")
+                )
                 continue
 
             def fill(row: Row, fb: FBRun = fb, mode: str = mode) -> None:
                 run = fb.trained
                 common = dict(
-                    checkpoints=run.states, learning_rates=run.learning_rates, batch_size=check.size.batch_size,
+                    checkpoints=run.states,
+                    learning_rates=run.learning_rates,
+                    batch_size=check.size.batch_size,
                     trainer_kwargs={"accelerator": check.accelerator, "precision": mode},
-                )  # fmt: skip
+                )
                 compute_influence(run.model, fb.train[: 2 * check.size.batch_size], fb.test, **common)
-                seconds, mixed = check.timed(lambda: compute_influence(run.model, fb.train, fb.test, **common))
+                seconds, mixed = check.timed(
+                    lambda: compute_influence(run.model, fb.train, fb.test, **common)
+                )
                 assert fb.float32 is not None and fb.float32_seconds is not None
                 rho = spearman_corrcoef(mixed.T, fb.float32.T)
                 overlap = top10_overlap(fb.float32, mixed)
@@ -578,7 +603,9 @@ def precision(check: Check, store: dict[str, Any]) -> None:
                     f"min {float(overlap.min()):.2f} mean {float(overlap.mean()):.2f}; {seconds:.2f} s, "
                     f"{speedup:.2f}x float32"
                 )
-                row.goal = f"Spearman min >= {GOALS['spearman']}, overlap mean >= {GOALS['overlap']}; speed-up shown"
+                row.goal = (
+                    f"Spearman min >= {GOALS['spearman']}, overlap mean >= {GOALS['overlap']}; speed-up shown"
+                )
                 row.status = check.speed_status(ok)  # a tiny smoke model says nothing about FB15k-237
                 row.values.update(
                     spearman_min=float(rho.min()),
@@ -632,12 +659,18 @@ def compiled(check: Check, store: dict[str, Any]) -> None:
 
             eager = module(False)
             predict_matrix(check, eager, train[: 2 * batch], fb.test, batch_size=batch)  # warm-up
-            eager_s, expected = check.timed(lambda: predict_matrix(check, eager, train, fb.test, batch_size=batch))
+            eager_s, expected = check.timed(
+                lambda: predict_matrix(check, eager, train, fb.test, batch_size=batch)
+            )
             fast = module(True)
             with warnings.catch_warnings(record=True) as caught, compile_backend(check.size.compile_backend):
                 warnings.simplefilter("always")
-                first_s, _ = check.timed(lambda: predict_matrix(check, fast, train, fb.test, batch_size=batch))
-                second_s, got = check.timed(lambda: predict_matrix(check, fast, train, fb.test, batch_size=batch))
+                first_s, _ = check.timed(
+                    lambda: predict_matrix(check, fast, train, fb.test, batch_size=batch)
+                )
+                second_s, got = check.timed(
+                    lambda: predict_matrix(check, fast, train, fb.test, batch_size=batch)
+                )
             fell_back = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
             worst = float(per_row_relative_error(got, expected.double()).max())
             speedup = eager_s / second_s
@@ -647,7 +680,9 @@ def compiled(check: Check, store: dict[str, Any]) -> None:
                 + ("; FELL BACK to eager" if fell_back else "")
             )
             row.goal = f"compiled (no fall-back), equal to eager <= {TOLERANCE:.0e}; speed-up shown"
-            row.status = "pass" if (not fell_back and fast.gradients.compile and worst <= TOLERANCE) else "fail"
+            row.status = (
+                "pass" if (not fell_back and fast.gradients.compile and worst <= TOLERANCE) else "fail"
+            )
             row.values.update(
                 eager_seconds=eager_s,
                 compiled_seconds=second_s,
@@ -759,10 +794,14 @@ def index(check: Check, store: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             build_s, _ = check.timed(
                 lambda: build_index(
-                    run.model, fb.train, Path(directory) / "index", checkpoints=run.states,
-                    learning_rates=run.learning_rates, batch_size=check.size.batch_size,
+                    run.model,
+                    fb.train,
+                    Path(directory) / "index",
+                    checkpoints=run.states,
+                    learning_rates=run.learning_rates,
+                    batch_size=check.size.batch_size,
                     trainer_kwargs={"accelerator": check.accelerator},
-                )  # fmt: skip
+                )
             )
             opened = InfluenceIndex.open(Path(directory) / "index")
             opened.top_k(fb.test[:1], 10)  # warm-up
@@ -770,7 +809,10 @@ def index(check: Check, store: dict[str, Any]) -> None:
             got = opened.influence(fb.test[:5])
             worst = float(per_row_relative_error(torch.as_tensor(got), fb.float32[:5].double()).max())
         latency = sorted(latencies)[len(latencies) // 2]
-        row.measured = f"build {build_s:.1f} s; query (1 triple, top-10) median {latency * 1000:.0f} ms; vs compute_influence {worst:.1e}"
+        row.measured = (
+            f"build {build_s:.1f} s; query (1 triple, top-10) median {latency * 1000:.0f} ms; "
+            f"vs compute_influence {worst:.1e}"
+        )
         row.goal = f"exact (<= {TOLERANCE:.0e}); build and latency shown"
         row.status = "pass" if worst <= TOLERANCE else "fail"
         row.values.update(build_seconds=build_s, query_seconds=latencies, max_row_relative_error=worst)
@@ -819,7 +861,11 @@ def result(check: Check, env: dict[str, Any]) -> dict[str, Any]:
         "budget_seconds": check.args.budget_s if check.args.budget_s is not None else check.size.budget_s,
         "total_seconds": round(time.perf_counter() - check.started, 2),
         "sections": {s: [r for r in rows if r["section"] == s] for s in SECTIONS},
-        "failed": [f"{r['section']}: {r['case']}" for r in rows if r["status"] == "fail" or r["status"].startswith("error")],
+        "failed": [
+            f"{r['section']}: {r['case']}"
+            for r in rows
+            if r["status"] == "fail" or r["status"].startswith("error")
+        ],
         "table": markdown(check.rows),
     }
 
@@ -838,9 +884,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: every section in well under a minute")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: every section in well under a minute"
+    )
     parser.add_argument("--output", default="runs/gpu_check.json", help="JSON (default runs/gpu_check.json)")
-    parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 450; smoke 900)")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="wall-clock budget (default 450; smoke 900)"
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -857,7 +907,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = SMOKE if args.smoke else Size()
     check = Check(args, size)
     env = environment(check)
-    print(f"gpu_check: {env.get('gpu', env['device'])}, torch {env['torch']}, CUDA {env['cuda']}", file=sys.stderr)
+    print(
+        f"gpu_check: {env.get('gpu', env['device'])}, torch {env['torch']}, CUDA {env['cuda']}",
+        file=sys.stderr,
+    )
     store: dict[str, Any] = {}
     steps: dict[str, Callable[[], None]] = {
         "exactness": lambda: exactness(check),
