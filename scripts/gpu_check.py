@@ -26,7 +26,7 @@ in the time left is reported as ``skipped: time`` instead of overrunning):
   time and query latency on the FB15k-237 ComplEx.
 
 Goals (issue 15, one H100/H200) are printed beside each measured value. ``--smoke`` runs every
-section on a tiny case (Nations; 512 FB15k-237 triples; a 20k-triple synthetic graph) where the
+section on a tiny case (Nations; 256 FB15k-237 triples; an 8,192-triple synthetic graph) where the
 speed goals do not apply (``n/a (smoke)``), but exactness and equality still must pass.
 
 Prints one markdown table and writes it, with versions and the device, as JSON (``--output``,
@@ -885,7 +885,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes: every section in well under a minute"
+        "--smoke", action="store_true", help="tiny sizes, every section (about 50 CPU-seconds)"
     )
     parser.add_argument("--output", default="runs/gpu_check.json", help="JSON (default runs/gpu_check.json)")
     parser.add_argument(
