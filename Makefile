@@ -3,7 +3,7 @@
 TORCH ?= torch==2.13.0
 PYTHON ?= python
 
-.PHONY: install install-dev demo test lint benchmark
+.PHONY: install install-dev demo test lint benchmark gpu-check
 
 install:
 	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
@@ -34,3 +34,8 @@ lint: install-dev
 benchmark: install
 	$(PYTHON) -m pip install -q -e ".[bench]"
 	$(PYTHON) scripts/benchmark.py
+
+# One prepared GPU check (issue 15), at most ~8 minutes on one H100/H200: exactness on the device,
+# bf16/fp16 mixed precision, torch.compile, throughput. `--device cpu --smoke` runs it tiny on a CPU.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --output runs/gpu_check.json
