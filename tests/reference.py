@@ -34,6 +34,17 @@ def dense_gradients(
 ) -> Tensor:
     """``(N, P)`` float64 matrix of flattened gradients, one backward per triple, eval mode."""
     model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a thread pool only spins (10x slower on a shared 2-core box)
+    try:
+        return _dense_gradients(model, triples, loss=loss, inverse=inverse, params=params)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _dense_gradients(
+    model: nn.Module, triples: Tensor, *, loss: str, inverse: bool, params: Sequence[str] | None
+) -> Tensor:
     named = dict(model.named_parameters())
     names = list(named) if params is None else list(params)
     rows = []
@@ -66,13 +77,59 @@ def reference_influence(
 ) -> Tensor:
     """``(num_test, num_train)`` float64 TracInCP influence over checkpoints ``states``."""
     out = torch.zeros(len(test), len(train), dtype=torch.float64)
+    for state, lr in zip(states, learning_rates):
+        g_train = dense_gradients_at(model, state, train, loss=loss, inverse=inverse, params=params)
+        g_test = dense_gradients_at(model, state, test, loss=loss, inverse=inverse, params=params)
+        out += lr * (g_test @ g_train.T)
+    return out
+
+
+def dense_gradients_at(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    triples: Tensor,
+    *,
+    loss: str,
+    inverse: bool,
+    params: Sequence[str] | None = None,
+) -> Tensor:
+    """:func:`dense_gradients` with the model's weights set to ``state``; the model is restored after."""
     original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        for state, lr in zip(states, learning_rates):
-            model.load_state_dict(state)
-            g_train = dense_gradients(model, train, loss=loss, inverse=inverse, params=params)
-            g_test = dense_gradients(model, test, loss=loss, inverse=inverse, params=params)
-            out += lr * (g_test @ g_train.T)
+        model.load_state_dict(state)
+        return dense_gradients(model, triples, loss=loss, inverse=inverse, params=params)
     finally:
         model.load_state_dict(original)
-    return out
+
+
+def row_errors(actual: Tensor, expected: Tensor) -> Tensor:
+    """Per test triple (row): max abs error / max(row's max abs, 1e-3 * the matrix's max abs).
+
+    The floor keeps a row whose true influence is (nearly) all zero from dividing by ~0: such a row
+    must come out ~0 relative to the matrix, while every other row is judged on its own scale, so a
+    small row cannot be badly wrong and hide behind a large one.
+    """
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    if expected.dim() == 1:  # one value per triple (e.g. self-influence): each is its own row
+        actual, expected = actual.unsqueeze(1), expected.unsqueeze(1)
+    if not bool(torch.isfinite(expected).all()):
+        raise AssertionError("the reference holds a non-finite value")
+    error = (actual - expected).abs().nan_to_num(nan=float("inf")).amax(dim=1)
+    floor = 1e-3 * expected.abs().max()
+    if float(floor) == 0.0:
+        raise AssertionError("the reference is all zero: nothing to compare against")
+    return error / expected.abs().amax(dim=1).clamp_min(floor)
+
+
+def assert_rows_close(actual: Tensor, expected: Tensor, tol: float = 1e-5) -> None:
+    """Assert every row of ``actual`` matches ``expected`` to ``tol`` under :func:`row_errors`."""
+    errors = row_errors(actual, expected)
+    bad = torch.nonzero(errors > tol).flatten().tolist()
+    if bad:
+        worst = int(errors.argmax())
+        raise AssertionError(
+            f"{len(bad)} of {len(errors)} rows differ by more than {tol} (rows {bad[:10]}); "
+            f"worst row {worst}: relative error {float(errors[worst]):.3g}"
+        )
