@@ -22,6 +22,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ._io import atomic_path, write_json
+from ._output_dir import require_writable_dir
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
 from .module import TracInModule
@@ -78,7 +79,7 @@ class InfluenceWriter(BasePredictionWriter):
         resume: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = require_writable_dir(output_dir)  # fail before any work, not after it
         self.save_matrix = save_matrix
         self.flush_every = max(1, flush_every)
         self.resume = resume
