@@ -258,10 +258,13 @@ def test_truncated_or_corrupt_checkpoint_names_the_file(saved_conve, tmp_path: P
     for bad in (truncated, garbage, empty):
         size = bad.stat().st_size
         with pytest.raises(
-            TracInInputError, match=rf"cannot read {bad} \({size} bytes\).*truncated or corrupt"
+            TracInInputError,
+            match=rf"cannot read {bad} as a PyTorch file: truncated, corrupt .*\({size} bytes; ",
         ):
             load_state_dict(bad, saved_conve.model)
-    with pytest.raises(TracInInputError, match=rf"cannot read {truncated} .*truncated or corrupt") as caught:
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {truncated} as a PyTorch file: truncated, corrupt"
+    ) as caught:
         run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=[str(truncated)])
     assert "\n" not in str(caught.value)
     assert_no_output(tmp_path)
@@ -271,9 +274,13 @@ def test_truncated_model_file_names_the_file(saved_conve, tmp_path: Path) -> Non
     from tracin_lightning.checkpoints import load_model
 
     model_file = _truncated(saved_conve.directory / "trained_model.pkl", tmp_path / "trained_model.pkl")
-    with pytest.raises(TracInInputError, match=rf"cannot read {model_file} .*truncated or corrupt"):
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {model_file} as a PyTorch file: truncated, corrupt"
+    ):
         load_model(model_file)
-    with pytest.raises(TracInInputError, match=rf"cannot read {model_file} .*truncated or corrupt"):
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {model_file} as a PyTorch file: truncated, corrupt"
+    ):
         run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, model=str(tmp_path))
     assert_no_output(tmp_path)
 

@@ -154,7 +154,8 @@ def _unreadable(path: Path, error: BaseException) -> TracInInputError:
         reason = f"{type(error).__name__}({reason})"
     size = path.stat().st_size if path.is_file() else 0
     return TracInInputError(
-        f"cannot read {path} ({size} bytes): not a PyTorch file, or truncated or corrupt ({reason})"
+        f"cannot read {path} as a PyTorch file: truncated, corrupt or another kind of file ({size} bytes; "
+        f"{reason})"
     )
 
 
