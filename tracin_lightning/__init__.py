@@ -28,6 +28,8 @@ _EXPORTS = {
     "resolve_checkpoints": "checkpoints",
     "compute_influence": "api",
     "compute_self_influence": "api",
+    "compute_top_influence": "api",
+    "TopInfluence": "api",
     "TracInInputError": "errors",
 }
 
@@ -36,6 +38,7 @@ __all__ = [
     "InfluenceWriter",
     "LabelMaps",
     "PyKEENTracInCallback",
+    "TopInfluence",
     "TracInCheckpoint",
     "TracInInputError",
     "TracInModule",
@@ -43,12 +46,13 @@ __all__ = [
     "__version__",
     "compute_influence",
     "compute_self_influence",
+    "compute_top_influence",
     "load_model",
     "resolve_checkpoints",
 ]
 
 if TYPE_CHECKING:
-    from .api import compute_influence, compute_self_influence
+    from .api import TopInfluence, compute_influence, compute_self_influence, compute_top_influence
     from .checkpoints import (
         Checkpoint,
         PyKEENTracInCallback,

@@ -46,6 +46,7 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "read_manifest",
+    "require_finite_weights",
     "resolve_checkpoints",
     "write_manifest",
 ]
@@ -129,15 +130,33 @@ def _read(path: Path, *, map_location: str | torch.device = "cpu") -> Any:
         with warnings.catch_warnings():  # PyKEEN pickles with protocol 5, which torch warns about
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        pass  # needs the full unpickler: a pickled model, or a checkpoint with Python objects in it
+    except pickle.UnpicklingError as error:
+        if not _needs_full_unpickler(error):
+            raise _unreadable(path, error) from error
     except Exception as error:
-        raise TracInInputError(f"cannot read {path} as a PyTorch file: {error!r}") from error
+        raise _unreadable(path, error) from error
     _unpickle_warning(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as error:
-        raise TracInInputError(f"cannot unpickle {path}: {error!r}") from error
+        raise _unreadable(path, error) from error
+
+
+def _needs_full_unpickler(error: pickle.UnpicklingError) -> bool:
+    """Whether ``weights_only=True`` refused a well-formed pickle (of a model, or Python objects)."""
+    return "Weights only load failed" in str(error)
+
+
+def _unreadable(path: Path, error: BaseException) -> TracInInputError:
+    """One line naming the file, its size and the first sentence of torch's reason."""
+    reason = " ".join(str(error).split()).split(". ")[0] or type(error).__name__
+    if reason.isdigit() or len(reason) < 8:  # e.g. KeyError(101) from a pickle of garbage
+        reason = f"{type(error).__name__}({reason})"
+    size = path.stat().st_size if path.is_file() else 0
+    return TracInInputError(
+        f"cannot read {path} as a PyTorch file: truncated, corrupt or another kind of file ({size} bytes; "
+        f"{reason})"
+    )
 
 
 def _describe(obj: Any) -> str:
@@ -291,15 +310,46 @@ def load_state_dict(path: str | Path, model: nn.Module) -> dict[str, Tensor]:
     return _validated(_weights_in(_read(path), path), model, str(path))
 
 
+def require_finite_weights(state: Mapping[str, Tensor], checkpoint: Checkpoint) -> None:
+    """Refuse weights that already hold NaN or infinity: every influence from them would be NaN.
+
+    Args:
+        state: the checkpoint's weights (parameters and buffers).
+        checkpoint: where they came from, for the message.
+
+    Raises:
+        TracInInputError: naming the checkpoint, the tensor, how many values are bad and the first one.
+
+    Example:
+        >>> require_finite_weights({"w": torch.ones(2)}, Checkpoint("model", 1.0, None))
+    """
+    for key, value in state.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            where = (
+                "the model's own weights" if checkpoint.source is None else f"checkpoint {checkpoint.name}"
+            )
+            first = [int(i) for i in torch.nonzero(bad)[0]]
+            raise TracInInputError(
+                f"{where}: {key} holds {int(bad.sum())} NaN or infinite value(s) (first at index {first}, "
+                f"{value[tuple(first)].item()}): the weights are broken before TracIn starts"
+            )
+
+
 # --------------------------------------------------------------------------------------------- manifest
 
 
-def _as_rate(value: Any, name: str) -> float:
+def _as_rate(value: Any, name: str, where: str = "") -> float:
+    source = f" ({where})" if where else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TracInInputError(f"learning rate of checkpoint {name} must be a number, got {value!r}")
+        raise TracInInputError(f"learning rate of checkpoint {name} must be a number, got {value!r}{source}")
     rate = float(value)
     if not math.isfinite(rate) or rate <= 0:
-        raise TracInInputError(f"learning rate of checkpoint {name} must be positive and finite, got {rate}")
+        raise TracInInputError(
+            f"learning rate of checkpoint {name} must be positive and finite, got {rate}{source}"
+        )
     return rate
 
 
@@ -346,7 +396,7 @@ def read_manifest(path: str | Path) -> list[Checkpoint]:
         checkpoints.append(
             Checkpoint(
                 name=str(file),
-                learning_rate=_as_rate(entry["learning_rate"], str(file)),
+                learning_rate=_as_rate(entry["learning_rate"], str(file), where),
                 source=file,
                 epoch=_as_count(entry.get("epoch"), "epoch", where),
                 step=_as_count(entry.get("step"), "step", where),

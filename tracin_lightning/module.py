@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .checkpoints import Checkpoint, load_model, resolve_checkpoints
+from .checkpoints import Checkpoint, load_model, require_finite_weights, resolve_checkpoints
 from .engine.candidates import CandidateFilter
 from .engine.gradients import PerSampleGradients, select_parameters
 from .engine.influence import (
@@ -294,6 +294,7 @@ class TracInModule(L.LightningModule):
         self.states = []
         for checkpoint in self.checkpoint_list:
             state = own if checkpoint.source is None else checkpoint.load(self.kge_model)
+            require_finite_weights(state, checkpoint)
             state = {k: v.detach().to(self.device) for k, v in state.items()}
             self.states.append(CheckpointState(state=state, learning_rate=checkpoint.learning_rate))
         logger.info(

@@ -21,6 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ._io import atomic_path, write_json
+from ._output_dir import require_writable_dir
 from .engine.topk import TopK, merge_topk
 from .errors import TracInInputError
 from .fingerprint import file_digest, state_digest, tensor_digest
@@ -70,7 +71,7 @@ class InfluenceWriter(BasePredictionWriter):
         resume: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = require_writable_dir(output_dir)  # fail before any work, not after it
         self.save_matrix = save_matrix
         self.flush_every = max(1, flush_every)
         self.resume = resume
