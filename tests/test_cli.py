@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tracin_lightning.cli import main
-from tracin_lightning.writer import SELF_COLUMNS, TOPK_COLUMNS
+from tracin_lightning.outputs.schema import SELF_COLUMNS, TOPK_COLUMNS
 
 
 def write_config(path: Path, saved, output: Path, **model_extra) -> Path:
@@ -88,8 +88,8 @@ def test_self_mode_in_process(saved_conve, tmp_path: Path) -> None:
     assert sorted(int(r["train_index"]) for r in rows) == list(range(1592))
     # the rows hold the right triples' values (not just some non-negative numbers)
     from tracin_lightning.api import compute_self_influence
-    from tracin_lightning.checkpoints import read_manifest
-    from tracin_lightning.data import TriplesDataModule
+    from tracin_lightning.inputs.manifest import read_manifest
+    from tracin_lightning.lightning.datamodule import TriplesDataModule
 
     train = TriplesDataModule(dataset="nations", num_test=1).train_triples
     checkpoints = read_manifest(saved_conve.manifest)
@@ -106,8 +106,8 @@ def test_self_mode_in_process(saved_conve, tmp_path: Path) -> None:
 
 def test_matrix_equals_compute_influence(saved_conve, tmp_path: Path) -> None:
     from tracin_lightning.api import compute_influence
-    from tracin_lightning.checkpoints import read_manifest
-    from tracin_lightning.data import TriplesDataModule
+    from tracin_lightning.inputs.manifest import read_manifest
+    from tracin_lightning.lightning.datamodule import TriplesDataModule
 
     output = tmp_path / "m"
     main(["predict", "--config", str(write_config(tmp_path / "run.yaml", saved_conve, output))])

@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from tracin_lightning.cli import main
-from tracin_lightning.data import LabelMaps, TriplesDataModule, read_id_map, read_labeled_triples
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.inputs.maps import LabelMaps, read_id_map
+from tracin_lightning.inputs.triples import read_labeled_triples
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 FINAL_FILES = ("influence_topk.csv", "self_influence.csv", "influence_matrix.npy", "run.json")
 
@@ -247,7 +249,8 @@ def _truncated(source: Path, target: Path) -> Path:
 
 
 def test_truncated_or_corrupt_checkpoint_names_the_file(saved_conve, tmp_path: Path) -> None:
-    from tracin_lightning.checkpoints import load_state_dict, read_manifest
+    from tracin_lightning.inputs.checkpoint_files import load_state_dict
+    from tracin_lightning.inputs.manifest import read_manifest
 
     good = read_manifest(saved_conve.manifest)[0].source
     truncated = _truncated(Path(good), tmp_path / "truncated.pt")  # type: ignore[arg-type]
@@ -271,7 +274,7 @@ def test_truncated_or_corrupt_checkpoint_names_the_file(saved_conve, tmp_path: P
 
 
 def test_truncated_model_file_names_the_file(saved_conve, tmp_path: Path) -> None:
-    from tracin_lightning.checkpoints import load_model
+    from tracin_lightning.inputs.checkpoint_files import load_model
 
     model_file = _truncated(saved_conve.directory / "trained_model.pkl", tmp_path / "trained_model.pkl")
     with pytest.raises(
@@ -332,7 +335,7 @@ def test_non_utf8_files_name_the_line(nations_files, tmp_path: Path) -> None:
 def test_manifest_learning_rates(saved_conve, tmp_path: Path, entry: dict, message: str) -> None:
     import json
 
-    from tracin_lightning.checkpoints import read_manifest
+    from tracin_lightning.inputs.manifest import read_manifest
 
     manifest = saved_conve.manifest.parent / f"bad_{abs(hash(message))}.json"
     manifest.write_text(json.dumps({"checkpoints": [entry]}))  # NaN/Infinity as Python's json writes them
@@ -358,7 +361,8 @@ def test_manifest_with_bad_learning_rate_through_the_cli(saved_conve, tmp_path: 
 def test_output_dir_under_a_file_fails_before_anything_is_read(
     saved_conve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tracin_lightning import InfluenceWriter, module
+    from tracin_lightning import InfluenceWriter
+    from tracin_lightning.lightning import module
 
     blocker = tmp_path / "results"
     blocker.write_text("a file where a folder should be")

@@ -22,10 +22,10 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
-from .checkpoints import load_model
-from .data import TriplesDataModule
 from .errors import TracInInputError
-from .module import TracInModule
+from .inputs.checkpoint_files import load_model
+from .lightning.datamodule import TriplesDataModule
+from .lightning.module import TracInModule
 
 __all__ = ["TopInfluence", "compute_influence", "compute_self_influence", "compute_top_influence"]
 

@@ -12,12 +12,12 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from ._io import atomic_path
-from ._output_dir import require_writable_dir
-from .data import TriplesDataModule
 from .errors import TracInInputError
-from .module import TracInModule
-from .writer import InfluenceWriter
+from .lightning.datamodule import TriplesDataModule
+from .lightning.module import TracInModule
+from .lightning.writer import InfluenceWriter
+from .outputs.atomic import atomic_path
+from .outputs.directory import require_writable_dir
 
 __all__ = ["DEBUG_ENV", "TracInCLI", "main"]
 
@@ -78,7 +78,8 @@ def prepare(args: list[str]) -> None:
     """``tracin-lightning prepare``: labelled training triples -> memory-mappable ``.npy`` id array."""
     import argparse
 
-    from .data import LabelMaps, prepare_id_array
+    from .inputs.maps import LabelMaps
+    from .inputs.triples import prepare_id_array
 
     parser = argparse.ArgumentParser(
         prog="tracin-lightning prepare",
@@ -103,8 +104,8 @@ def evaluate(args: list[str]) -> None:
     import torch
     import yaml
 
-    from ._io import write_json
     from .evaluate import explanation_metrics, read_expected_explanations
+    from .outputs.atomic import write_json
 
     parser = argparse.ArgumentParser(
         prog="tracin-lightning evaluate",
