@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tracin_lightning._io import write_json
+from tracin_lightning.outputs.atomic import write_json
 
 DEFAULT_TRAIN = (
     Path(__file__).resolve().parent.parent / "tracin_lightning/datasets/data/fb15k237/train.txt.gz"

@@ -31,7 +31,7 @@ from tracin_lightning.api import compute_influence
 from tracin_lightning.cli import main
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.index import InfluenceIndex, build_index
-from tracin_lightning.writer import TOPK_COLUMNS
+from tracin_lightning.outputs.schema import TOPK_COLUMNS
 
 TESTS = Path(__file__).parent
 TOLERANCE = 1e-5

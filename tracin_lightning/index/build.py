@@ -1,6 +1,6 @@
 """Building an influence index: a Lightning predict run whose writer stores reduced training gradients.
 
-:class:`IndexModule` is a :class:`~tracin_lightning.module.TracInModule` (same arguments, same model,
+:class:`IndexModule` is a :class:`~tracin_lightning.TracInModule` (same arguments, same model,
 checkpoint, loss and inverse-triple handling) whose ``predict_step`` returns every training triple's
 per-sample gradients at every checkpoint instead of scoring them; :class:`IndexWriter` writes them
 into this rank's shard (see :mod:`tracin_lightning.index.store`) and, when all ranks are done, rank 0
@@ -24,14 +24,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 from typing_extensions import override
 
-from .._io import atomic_path, write_json
-from ..checkpoints import Checkpoint
-from ..data import TriplesDataModule
 from ..engine.influence import NonFiniteGradientError
 from ..engine.structure import SampleGradients
 from ..errors import TracInInputError
-from ..module import TracInModule
-from .fingerprint import file_digest, state_digest, tensor_digest
+from ..inputs.checkpoint_files import Checkpoint
+from ..lightning.datamodule import TriplesDataModule
+from ..lightning.module import TracInModule
+from ..outputs.atomic import atomic_path, write_json
+from ..outputs.digest import file_digest, state_digest, tensor_digest
 from .store import (
     FORMAT,
     MANIFEST,
@@ -68,10 +68,11 @@ class IndexModule(TracInModule):
         self._load_checkpoints()
 
     @override
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Any] | None:
-        if self.skip_batches and int(batch["index"][0]) in self.skip_batches:
+    def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Any] | None:
+        triples, index = self._unpack(batch)
+        if self.skip_batches and int(index[0]) in self.skip_batches:
             return None
-        triples, index = batch["triples"].to(self.device), batch["index"]
+        triples = triples.to(self.device)
         self._check_ids(triples, "training triples", index)
         self.triples_seen += triples.shape[0]
         out: list[SampleGradients] = []
@@ -418,7 +419,7 @@ def build_index(
         directory: the index folder.
         projection_dim: see :class:`IndexWriter` (None: exact).
         projection_seed: seed of the projection.
-        maps: :class:`~tracin_lightning.data.LabelMaps`, so queries and ``explain`` take labels.
+        maps: :class:`~tracin_lightning.LabelMaps`, so queries and ``explain`` take labels.
         flush_every: batches per durable chunk.
         resume: continue an interrupted build of the same inputs.
 

@@ -12,10 +12,10 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
-from .._io import atomic_path
 from ..cli import TRAINER_DEFAULTS, TracInCLI
-from ..data import TriplesDataModule
 from ..errors import TracInInputError
+from ..lightning.datamodule import TriplesDataModule
+from ..outputs.atomic import atomic_path
 from .build import IndexModule, IndexWriter
 
 __all__ = ["IndexCLI", "explain", "index", "main"]
@@ -70,7 +70,7 @@ def _test_triples(found: Any, triples: list[list[str]]) -> Any:
 
 def explain(args: list[str]) -> None:
     """``tracin-lightning explain``: top proponents and opponents of test triples, from an index."""
-    from ..writer import TOPK_COLUMNS, TOPK_NAME_COLUMNS
+    from ..outputs.schema import TOPK_COLUMNS, TOPK_NAME_COLUMNS
     from .query import InfluenceIndex
 
     parser = argparse.ArgumentParser(

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import read_json_object
-from ..data import LabelMaps
 from ..engine.influence import CheckpointState, test_gradients
 from ..engine.structure import pairwise_dot
 from ..engine.topk import TopK
 from ..errors import TracInInputError
-from ..module import TracInModule
-from ..names import Names
-from .fingerprint import file_digest, state_digest
+from ..inputs.json_object import read_json_object
+from ..inputs.maps import LabelMaps
+from ..inputs.names import Names
+from ..lightning.module import TracInModule
+from ..outputs.digest import file_digest, state_digest
 from .store import (
     FORMAT,
     MANIFEST,
@@ -160,7 +160,7 @@ class InfluenceIndex:
         device = torch.device(device)
         kge = torch.load(folder / manifest["model_file"], map_location=device, weights_only=False)
         if model is not None:
-            from ..checkpoints import load_model
+            from ..inputs.checkpoint_files import load_model
 
             given = state_digest(load_model(model).state_dict())
             if given != manifest["model_state_sha256"]:
@@ -423,7 +423,7 @@ def _verify_file(path: Path, expected: str) -> None:
 def _verify_checkpoints(
     folder: Path, manifest: Mapping[str, Any], checkpoints: Any, learning_rates: Sequence[float] | None
 ) -> None:
-    from ..checkpoints import resolve_checkpoints
+    from ..inputs.manifest import resolve_checkpoints
     from .build import _checkpoint_digest
 
     resolved = resolve_checkpoints(

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_path, write_json
 from ..engine.structure import LinearGradients, RowGradients, SampleGradients
 from ..errors import TracInInputError
+from ..outputs.atomic import atomic_path, write_json
 
 __all__ = [
     "MANIFEST",
