@@ -51,15 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracin_lightning._io import write_json
 from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
 from tracin_lightning.engine.losses import TripleLoss
 from tracin_lightning.engine.structure import (
-    LinearGradients,
-    RowGradients,
     SampleGradients,
     pairwise_dot,
 )
+from tracin_lightning.outputs.atomic import write_json
 
 MODELS = ("ConvE", "DistMult", "TransE", "ComplEx")
 ALL_METHODS = ("classic", "vmap", "captum", "captum-fast", "engine", "trainer", "floor")
@@ -240,27 +238,6 @@ def relative_difference(got: Tensor, reference: Tensor) -> float:
     return float((got - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
 
-def cat_gradients(parts: Sequence[SampleGradients]) -> SampleGradients:
-    """Concatenate reduced per-sample gradients along the sample axis."""
-    first = parts[0]
-    return SampleGradients(
-        rows={
-            k: RowGradients(
-                torch.cat([p.rows[k].ids for p in parts]), torch.cat([p.rows[k].grads for p in parts])
-            )
-            for k in first.rows
-        },
-        linear={
-            k: LinearGradients(
-                torch.cat([p.linear[k].out_grads for p in parts]),
-                torch.cat([p.linear[k].inputs for p in parts]),
-            )
-            for k in first.linear
-        },
-        dense=None if first.dense is None else torch.cat([p.dense for p in parts]),  # type: ignore[misc]
-    )
-
-
 # ---------------------------------------------------------------------------------------- methods
 def engine_pass(
     psg: PerSampleGradients,
@@ -297,7 +274,7 @@ def dense_vmap_pass(
 
 
 def dense_test_gradients(psg: PerSampleGradients, s: Setup, test: Tensor, chunk: int) -> SampleGradients:
-    return cat_gradients([psg(s.state, t) for t in test.split(chunk)])
+    return SampleGradients.cat([psg(s.state, t) for t in test.split(chunk)])
 
 
 def flat_gradient(s: Setup, params: list[Tensor], triple: Tensor) -> Tensor:

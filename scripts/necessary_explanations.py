@@ -71,8 +71,8 @@ import torch
 from torch import Tensor, nn
 
 from tracin_lightning import PyKEENTracInCallback, compute_influence, compute_self_influence
-from tracin_lightning._io import atomic_path, write_json
 from tracin_lightning.datasets import get_dataset
+from tracin_lightning.outputs.atomic import atomic_path, write_json
 
 #: Filtered test MRR / H@1 / H@10 (both sides) published for the same model and dataset. None: not given
 #: there. Sources: ComplEx and ConvE: Dettmers et al., "Convolutional 2D knowledge graph embeddings"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import yaml
 from tracin_lightning.cli import main
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.report import build_report
+from tracin_lightning.report.graph import TEST_KEY, draw_graph, drawing_order, edge_bends, layout
+from tracin_lightning.report.read import read_topk
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -262,3 +265,130 @@ def test_rebuild_replaces_a_report_but_never_another_folder(runs: Runs, tmp_path
     with pytest.raises(TracInInputError, match="is not a tracin-lightning report"):
         build_report(runs.self, destination=precious)
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- the subgraph (networkx)
+def test_graph_has_the_test_edge_and_the_strongest_training_edges(runs: Runs, tmp_path: Path) -> None:
+    """Nodes and edges of each drawn subgraph are the test edge and the CSV's top rows of each kind."""
+    rows = read_csv(runs.influence / "influence_topk.csv")
+    cases = read_topk(runs.influence / "influence_topk.csv", top=TOP_K)
+    assert len(cases) == 3
+    for case in cases:
+        mine = [r for r in rows if (int(r["test_index"]), r["test_head"], r["test_tail"])
+                == (case.test_index, case.triple.head, case.triple.tail)]  # fmt: skip
+        test = mine[0]
+        kept = [r for r in mine if int(r["rank"]) <= 2]  # per_kind=2 of the run's top_k 4
+        assert len(kept) == 4
+        graph = draw_graph(case, tmp_path / f"{case.position}.png", per_kind=2)
+        assert (tmp_path / f"{case.position}.png").stat().st_size > 10_000
+        assert set(graph.nodes) == {test["test_head"], test["test_tail"]} | {
+            label for r in kept for label in (r["train_head"], r["train_tail"])
+        }
+        want = {(test["test_head"], test["test_tail"], TEST_KEY): (test["test_relation_name"], None)}
+        for r in kept:
+            key = (r["train_head"], r["train_tail"], f"{r['kind']}-{r['rank']}")
+            want[key] = (r["train_relation_name"], float(r["influence"]))
+        got = {(u, v, k): (d["relation"], d["influence"]) for u, v, k, d in graph.edges(keys=True, data=True)}
+        assert got == want
+        assert graph.nodes[test["test_head"]] == {"name": test["test_head_name"], "test": True}
+        # the test edge first, then the weakest first, so the strongest ends on top
+        order = drawing_order(graph)
+        assert order[0][2] == TEST_KEY and sorted(order) == sorted(want)
+        strengths = [abs(graph.edges[e]["influence"]) for e in order[1:]]
+        assert strengths == sorted(strengths) and len(set(strengths)) > 1
+        positions = layout(graph)
+        assert positions[case.triple.head] == (-1.5, 0.0) and positions[case.triple.tail] == (1.5, 0.0)
+        assert positions == layout(graph)  # deterministic
+
+
+def test_parallel_edges_in_both_directions_share_one_fan() -> None:
+    """Edges between the same two nodes get distinct arcs, whichever way they point."""
+    import networkx as nx
+
+    graph = nx.MultiDiGraph(
+        [("a", "b", "test"), ("b", "a", "p1"), ("a", "b", "p2"), ("b", "a", "p3"), ("a", "c", "o")]
+    )
+    bends = edge_bends(graph, {"a": (0.0, 0.0), "b": (3.0, 0.0), "c": (0.0, 2.0)})
+    assert bends[("a", "b", "test")] == 0.0 and bends[("a", "c", "o")] == 0.0
+    # arc3 bends relative to the edge's direction: seen from a -> b, a b -> a curvature flips sign
+    sides = [bends[("b", "a", "p1")] * -1, bends[("a", "b", "p2")], bends[("b", "a", "p3")] * -1]
+    assert len(set(sides)) == 3 and 0.0 not in sides
+
+
+# ---------------------------------------------------------------- imports and the optional extra
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_report_and_evaluate_import_neither_lightning_nor_pykeen() -> None:
+    done = run_python(
+        "import tracin_lightning.report, tracin_lightning.evaluate, sys; "
+        "assert not any(m.split('.')[0] in ('lightning','pykeen','pytorch_lightning') for m in sys.modules)"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+#: makes matplotlib and networkx look uninstalled: not importable, and no package metadata
+#: (torchmetrics and Lightning look matplotlib up by its metadata before importing it)
+HIDE_REPORT_EXTRA = """
+import importlib.metadata as md, sys
+hidden = ("matplotlib", "networkx")
+for name in hidden:
+    sys.modules[name] = None
+def hiding(real):
+    def lookup(name, *args, **kwargs):
+        if name in hidden:
+            raise md.PackageNotFoundError(name)
+        return real(name, *args, **kwargs)
+    return lookup
+md.version, md.distribution = hiding(md.version), hiding(md.distribution)
+"""
+
+
+def test_without_the_report_extra_only_the_report_fails(tmp_path: Path) -> None:
+    """The package and other CLI paths work without matplotlib/networkx; the report says what to install."""
+    for name, text in {
+        "entities.tsv": "a\t0\nb\t1\n",
+        "relations.tsv": "r\t0\n",
+        "train.tsv": "a\tr\tb\nb\tr\ta\n",
+    }.items():
+        (tmp_path / name).write_text(text)
+    code = HIDE_REPORT_EXTRA + textwrap.dedent(f"""
+        import numpy as np
+        import tracin_lightning, tracin_lightning.api, tracin_lightning.evaluate
+        import tracin_lightning.lightning.writer
+        from tracin_lightning.cli import main
+        main(["prepare", "--train-path", {str(tmp_path / "train.tsv")!r},
+              "--entity-to-id", {str(tmp_path / "entities.tsv")!r},
+              "--relation-to-id", {str(tmp_path / "relations.tsv")!r},
+              "--output", {str(tmp_path / "ids.npy")!r}])
+        assert np.load({str(tmp_path / "ids.npy")!r}).tolist() == [[0, 0, 1], [1, 0, 0]]
+        sys.argv = ["tracin-lightning", "report", {str(tmp_path)!r}]
+        main()  # as the console script: one error line, status 2
+    """)
+    done = run_python(code)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        'error: the report needs matplotlib: pip install "tracin-lightning[report]"'
+    )
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tracin_lightning.evaluate",
+        "tracin_lightning.inputs.tsv",
+        "tracin_lightning.outputs.schema",
+        "tracin_lightning.report.graph",
+        "tracin_lightning.report.html",
+        "tracin_lightning.report.read",
+        "tracin_lightning.report.style",
+    ],
+)
+def test_docstring_examples_run(name: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,6 +62,10 @@ def test_sigkill_then_resume_equals_uninterrupted(saved_conve, tmp_path: Path, m
     for name in names:
         assert (resumed / name).read_bytes() == (whole / name).read_bytes(), name
     assert not (resumed / ".partial").exists()
+    info, first = (json.loads((folder / "run.json").read_text()) for folder in (resumed, whole))
+    assert (info["resumed"], first["resumed"]) == (True, False)
+    assert len(info["segment_wall_seconds"]) == 2 and len(first["segment_wall_seconds"]) == 1
+    assert info["num_train_streamed"] == info["num_train_total"] == 1592
 
 
 def test_resume_with_other_options_is_refused(saved_conve, tmp_path: Path) -> None:

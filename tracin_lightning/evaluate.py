@@ -19,6 +19,7 @@ from torchmetrics.functional.retrieval import (
 )
 
 from .errors import TracInInputError
+from .inputs.tsv import read_tsv_rows
 
 __all__ = ["explanation_metrics", "read_expected_explanations"]
 
@@ -38,8 +39,6 @@ def read_expected_explanations(
         TracInInputError: naming ``path:line`` for a wrong column count, a test triple that was not
             explained in the run, or an edge that is not a training triple.
     """
-    from .data import read_tsv_rows
-
     test_position = {triple: i for i, triple in enumerate(test_labels)}
     train_row = {triple: i for i, triple in enumerate(train_labels)}
     out: dict[int, set[int]] = {}

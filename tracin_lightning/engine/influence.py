@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .gradients import PerSampleGradients
-from .structure import LinearGradients, RowGradients, SampleGradients, pairwise_dot, self_dot
+from .structure import SampleGradients, pairwise_dot, self_dot
 
 __all__ = [
     "CheckpointState",
@@ -70,7 +70,7 @@ def test_gradients(
     out = []
     for k, checkpoint in enumerate(checkpoints):
         parts = [_checked(gradients(checkpoint.state, chunk), k) for chunk in triples.split(batch_size)]
-        out.append(_concat(parts))
+        out.append(SampleGradients.cat(parts))
     return out
 
 
@@ -103,22 +103,3 @@ def batch_self_influence(
         with _no_autocast(triples.device):
             scores += checkpoint.learning_rate * self_dot(train)
     return scores
-
-
-def _concat(parts: Sequence[SampleGradients]) -> SampleGradients:
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    out = SampleGradients()
-    for name in first.rows:
-        out.rows[name] = RowGradients(
-            torch.cat([p.rows[name].ids for p in parts]), torch.cat([p.rows[name].grads for p in parts])
-        )
-    for name in first.linear:
-        out.linear[name] = LinearGradients(
-            torch.cat([p.linear[name].out_grads for p in parts]),
-            torch.cat([p.linear[name].inputs for p in parts]),
-        )
-    if first.dense is not None:
-        out.dense = torch.cat([p.dense for p in parts if p.dense is not None])
-    return out

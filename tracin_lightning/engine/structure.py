@@ -18,6 +18,7 @@ Inner products of two such gradients are computed exactly without materialising 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +74,68 @@ class SampleGradients:
     linear: dict[str, LinearGradients] = field(default_factory=dict)
     tables: dict[str, TableGradients] = field(default_factory=dict)
     dense: Tensor | None = None
+
+    @classmethod
+    def cat(cls, parts: Sequence[SampleGradients]) -> SampleGradients:
+        """Join the samples of several batches, in order, in every part (rows, linear, tables, dense).
+
+        Args:
+            parts: per-sample gradients of consecutive batches, all with the same parameter groups.
+
+        Returns:
+            One :class:`SampleGradients` holding every sample of ``parts``.
+
+        Raises:
+            ValueError: if ``parts`` is empty or the parts do not hold the same parameter groups (a
+                join that silently dropped a group would give wrong scores).
+
+        Example:
+            >>> import torch
+            >>> a = SampleGradients(dense=torch.ones(2, 3))
+            >>> b = SampleGradients(dense=torch.zeros(1, 3))
+            >>> SampleGradients.cat([a, b]).dense.shape
+            torch.Size([3, 3])
+        """
+        if not parts:
+            raise ValueError("SampleGradients.cat needs at least one part")
+        first = parts[0]
+        layout = first._groups()
+        for part in parts[1:]:
+            if part._groups() != layout:
+                raise ValueError(
+                    "cannot join SampleGradients with different parameter groups: "
+                    f"{layout} and {part._groups()}"
+                )
+        if len(parts) == 1:
+            return first
+        dense = [p.dense for p in parts if p.dense is not None]
+        return cls(
+            rows={
+                k: RowGradients(
+                    torch.cat([p.rows[k].ids for p in parts]), torch.cat([p.rows[k].grads for p in parts])
+                )
+                for k in first.rows
+            },
+            linear={
+                k: LinearGradients(
+                    torch.cat([p.linear[k].out_grads for p in parts]),
+                    torch.cat([p.linear[k].inputs for p in parts]),
+                )
+                for k in first.linear
+            },
+            tables={
+                k: TableGradients(
+                    torch.cat([p.tables[k].probs for p in parts]),
+                    torch.cat([p.tables[k].queries for p in parts]),
+                )
+                for k in first.tables
+            },
+            dense=torch.cat(dense) if dense else None,
+        )
+
+    def _groups(self) -> tuple[frozenset[str], frozenset[str], frozenset[str], bool]:
+        # the parameter groups a batch holds; batches of one plan always agree
+        return frozenset(self.rows), frozenset(self.linear), frozenset(self.tables), self.dense is not None
 
     @property
     def batch_size(self) -> int:
