@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tracin_lightning.engine.gradients import _EvalBatchNorm
+from tracin_lightning.engine.batchnorm import affine_batch_norm
 
 
 def _trained(bn: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...]) -> nn.modules.batchnorm._BatchNorm:
@@ -35,7 +35,7 @@ def test_eval_batchnorm_matches_torch(bn: nn.modules.batchnorm._BatchNorm, shape
     bn = _trained(bn, shape)
     x = torch.randn(*shape, requires_grad=True)
     expected = bn(x)
-    got = _EvalBatchNorm(bn)(x)
+    got = affine_batch_norm(bn, x)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     # gradients with respect to the input and the affine parameters agree too
     params = [x] + ([bn.weight, bn.bias] if bn.affine else [])
@@ -50,13 +50,13 @@ def test_training_mode_keeps_torch_forward() -> None:
     bn = nn.BatchNorm1d(4).train()
     x = torch.randn(6, 4)
     torch.testing.assert_close(
-        _EvalBatchNorm(bn)(x), nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True)
+        affine_batch_norm(bn, x), nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True)
     )
 
 
 def test_reduced_precision_input_is_normalised_in_float32() -> None:
     bn = _trained(nn.BatchNorm1d(4), (8, 4))
     x = torch.randn(8, 4).bfloat16()
-    out = _EvalBatchNorm(bn)(x)
+    out = affine_batch_norm(bn, x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, bn(x.float()))
