@@ -46,7 +46,7 @@ def _run(
         else list(checkpoints),  # type: ignore[arg-type]
         learning_rates=None if learning_rates is None else list(learning_rates),
         learning_rate=learning_rate,
-        loss=loss,  # type: ignore[arg-type]
+        loss=loss,
         params=None if params is None else list(params),
         mode=mode,  # type: ignore[arg-type]
         top_k=0,
@@ -91,7 +91,8 @@ def compute_influence(
         checkpoints: weight files or state dicts (TracInCP), or a manifest; None uses ``model``'s weights.
         learning_rates: one per checkpoint.
         learning_rate: used when ``learning_rates`` is None.
-        loss: ``bce``, ``score`` or ``ce``.
+        loss: ``bce``, ``score`` or ``ce``, or a PyKEEN-style spelling such as ``CrossEntropyLoss``
+            (see :func:`~tracin_lightning.engine.losses.resolve_loss`).
         params: fnmatch patterns of the parameters to differentiate (None: all trainable).
         batch_size: training triples per step.
         trainer_kwargs: extra ``lightning.Trainer`` arguments (e.g. ``precision="bf16-mixed"``).

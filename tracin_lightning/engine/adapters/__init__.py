@@ -55,6 +55,10 @@ class ScoringAdapter(Protocol):
         """Scores ``(b, n_entities)`` of every tail for the pairs ``(b, 2)``."""
         ...
 
+    def trained_with_inverse(self, model: nn.Module) -> bool:
+        """Whether ``model`` was trained with inverse triples (the default when the user does not say)."""
+        ...
+
     def inverse_triples(self, model: nn.Module, hrt: Tensor) -> tuple[Tensor, Tensor]:
         """For a model trained with inverse triples: ``(h, r, t)`` in original ids to the model's
         forward triple and its inverse ``(t, r^-1, h)``, both in the model's relation ids."""
@@ -99,6 +103,9 @@ class GenericAdapter:
 
     def score_t(self, model: nn.Module, hr: Tensor) -> Tensor:
         return model.score_t(hr)  # type: ignore[operator,no-any-return]
+
+    def trained_with_inverse(self, model: nn.Module) -> bool:
+        return bool(getattr(model, "use_inverse_triples", False))  # PyKEEN's attribute name, if present
 
     def inverse_triples(self, model: nn.Module, hrt: Tensor) -> tuple[Tensor, Tensor]:
         return _inverse_by_parity(hrt)

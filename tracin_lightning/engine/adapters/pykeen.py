@@ -1,5 +1,6 @@
 """PyKEEN's adapter: everything the engine knows of PyKEEN's internals, in one place.
 
+- ``Model.use_inverse_triples`` says whether the model was trained with inverse triples.
 - ``ERModel.score_hrt`` / ``score_t`` score triples and all tails (ids already in the model's space).
 - A model trained with inverse triples stores relation ``r`` under the id its ``relation_inverter``
   maps it to (``2r``; the inverse ``2r + 1`` for the default inverter).
@@ -31,6 +32,9 @@ class PyKEENAdapter(GenericAdapter):
     def matches(self, model: nn.Module) -> bool:
         models = sys.modules.get("pykeen.models")
         return models is not None and isinstance(model, models.Model)
+
+    def trained_with_inverse(self, model: nn.Module) -> bool:
+        return bool(model.use_inverse_triples)
 
     def inverse_triples(self, model: nn.Module, hrt: Tensor) -> tuple[Tensor, Tensor]:
         inverter = getattr(model, "relation_inverter", None)
