@@ -124,3 +124,19 @@ def _trained_statistics(model: nn.Module) -> None:
                     module.weight.uniform_(0.5, 2.0)
                     module.bias.uniform_(-1.0, 1.0)
     model.eval()
+
+
+def test_the_engine_copy_follows_the_model_after_to_and_train() -> None:
+    """``.to()`` replaces buffer tensors and ``.train()`` flips flags: the copy sees both after update."""
+    from tracin_lightning.engine.batchnorm import engine_copy
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval()
+    twin, update = engine_copy(net)
+    net.to(torch.float64).train()
+    update()
+    for (name, tensor), (twin_name, twin_tensor) in zip(
+        [*net.named_parameters(), *net.named_buffers()], [*twin.named_parameters(), *twin.named_buffers()]
+    ):
+        assert name == twin_name and twin_tensor is tensor
+    assert twin[1].running_mean.dtype == torch.float64 and twin.training and twin[1].training
+    assert type(net[1]) is nn.BatchNorm1d and "forward" not in vars(net[1])

@@ -58,20 +58,32 @@ def _affine_class(cls: type[nn.Module]) -> type[nn.Module]:
     return _AFFINE_CLASSES[cls]
 
 
+def _mirror(module: nn.Module, twin: nn.Module) -> None:
+    # the original's current attributes, in new containers; the copy keeps its own children and hooks
+    for key, value in vars(module).items():
+        if key == "_modules" or "hooks" in key:
+            continue
+        twin.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
+
+
 def engine_copy(root: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
     """A shallow structural copy of ``root`` for the engine to hook and run, and a function that
-    copies the originals' train/eval flags onto it (call it before each use).
+    brings it up to date with the originals (call it before each use).
 
     Every module is a new object whose attribute dictionaries (parameters, buffers, children, hooks)
     are new dictionaries holding the *same* tensors and hook functions, so hooks registered on the
     copy, or parameters swapped into it by ``functional_call``, never reach the user's modules; no
-    weight is copied. BatchNorm modules become :func:`affine_batch_norm` subclasses.
+    weight is copied. BatchNorm modules become :func:`affine_batch_norm` subclasses. The update
+    re-reads each original's attributes (train/eval flag, parameters and buffers, which ``.to()``
+    may have replaced), not its children: the module tree is the one of construction time.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
-        >>> twin, sync = engine_copy(net)
+        >>> twin, update = engine_copy(net)
         >>> twin[0].weight is net[0].weight, type(twin[1]).__name__, "forward" in vars(net[1])
         (True, 'AffineEvalBatchNorm1d', False)
+        >>> _ = net.train(); update(); twin[1].training
+        True
     """
     pairs: list[tuple[nn.Module, nn.Module]] = []
 
@@ -89,8 +101,8 @@ def engine_copy(root: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
 
     root_copy = clone(root)
 
-    def sync() -> None:
+    def update() -> None:
         for module, twin in pairs:
-            twin.training = module.training
+            _mirror(module, twin)
 
-    return root_copy, sync
+    return root_copy, update
