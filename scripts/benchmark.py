@@ -51,13 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracin_lightning._io import write_json
 from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
 from tracin_lightning.engine.losses import TripleLoss
 from tracin_lightning.engine.structure import (
     SampleGradients,
     pairwise_dot,
 )
+from tracin_lightning.outputs.atomic import write_json
 
 MODELS = ("ConvE", "DistMult", "TransE", "ComplEx")
 ALL_METHODS = ("classic", "vmap", "captum", "captum-fast", "engine", "trainer", "floor")

@@ -257,7 +257,8 @@ def evaluate(
 
 def save_checkpoints(trained: Trained, directory: Path) -> str:
     """Write the checkpoints as plain state dicts with a manifest (their learning rates); its path."""
-    from tracin_lightning.checkpoints import Checkpoint, write_manifest
+    from tracin_lightning.inputs.checkpoint_files import Checkpoint
+    from tracin_lightning.inputs.manifest import write_manifest
 
     directory.mkdir(parents=True, exist_ok=True)
     entries = []

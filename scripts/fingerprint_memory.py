@@ -5,7 +5,7 @@ one method's pages cannot help or hurt another, memory-maps it as ``TriplesDataM
 (``np.load(mmap_mode="r")`` + ``torch.from_numpy``) and hashes it:
 
 - ``naive``: ``hashlib.sha256(tensor.numpy().tobytes())`` (what resume did before);
-- ``chunks over the map``: :func:`tracin_lightning.fingerprint.tensor_digest` forced to read the
+- ``chunks over the map``: :func:`tracin_lightning.outputs.digest.tensor_digest` forced to read the
   mapped memory in 1 MiB chunks (its fallback off Linux): no copy, but every page becomes resident;
 - ``tensor_digest``: the function as resume uses it (reads the mapped file, pages stay unmapped).
 
@@ -29,7 +29,7 @@ import numpy as np
 CHILD = r"""
 import hashlib, json, sys, time, warnings
 import numpy as np, torch
-import tracin_lightning.fingerprint as fp
+import tracin_lightning.outputs.digest as fp
 
 def status(key):
     for line in open("/proc/self/status"):

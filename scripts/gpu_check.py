@@ -57,11 +57,11 @@ import torch
 from torch import Tensor, nn
 
 import tracin_lightning
-from tracin_lightning._io import write_json
 from tracin_lightning.api import compute_influence
-from tracin_lightning.data import TriplesDataModule
 from tracin_lightning.engine.losses import TripleLoss
-from tracin_lightning.module import TracInModule
+from tracin_lightning.lightning.datamodule import TriplesDataModule
+from tracin_lightning.lightning.module import TracInModule
+from tracin_lightning.outputs.atomic import write_json
 from tracin_lightning.testing import per_row_relative_error, reference_influence
 
 SECTIONS = ("exactness", "throughput", "precision", "compile", "synthetic", "index")

@@ -17,8 +17,8 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from tracin_lightning.api import compute_influence
-from tracin_lightning.checkpoints import load_model
-from tracin_lightning.data import TriplesDataModule
+from tracin_lightning.inputs.checkpoint_files import load_model
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 
 def main() -> None:

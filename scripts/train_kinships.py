@@ -30,7 +30,7 @@ from pykeen.datasets import Kinships
 from pykeen.pipeline import pipeline
 from torch import Tensor
 
-from tracin_lightning.checkpoints import PyKEENTracInCallback
+from tracin_lightning.lightning.callbacks import PyKEENTracInCallback
 
 
 def filtered_tail_ranks(model: torch.nn.Module, test: Tensor, known: Tensor) -> Tensor:

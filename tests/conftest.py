@@ -99,7 +99,7 @@ def saved_conve(tmp_path_factory: pytest.TempPathFactory) -> SavedRun:
     from pykeen.datasets import Nations
     from pykeen.pipeline import pipeline
 
-    from tracin_lightning.checkpoints import PyKEENTracInCallback
+    from tracin_lightning.lightning.callbacks import PyKEENTracInCallback
 
     _quiet()
     directory = tmp_path_factory.mktemp("saved_conve")

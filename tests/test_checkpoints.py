@@ -13,18 +13,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
-from tracin_lightning.checkpoints import (
-    MANIFEST_NAME,
-    Checkpoint,
-    PyKEENTracInCallback,
-    TracInCheckpoint,
-    load_model,
-    load_state_dict,
-    read_manifest,
-    resolve_checkpoints,
-    write_manifest,
-)
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.inputs.checkpoint_files import Checkpoint, load_model, load_state_dict
+from tracin_lightning.inputs.manifest import MANIFEST_NAME, read_manifest, resolve_checkpoints, write_manifest
+from tracin_lightning.lightning.callbacks import PyKEENTracInCallback, TracInCheckpoint
 
 ENTITY = "entity_representations.0._embeddings.weight"
 RELATION = "relation_representations.0._embeddings.weight"

@@ -19,15 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tracin_lightning.data import (
-    LabelMaps,
-    TripleBatches,
-    TriplesDataModule,
-    read_id_map,
-    read_labeled_triples,
-)
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.inputs import tsv as tsv_module
+from tracin_lightning.inputs.maps import LabelMaps, read_id_map
+from tracin_lightning.inputs.triples import read_labeled_triples
+from tracin_lightning.lightning.datamodule import TripleBatches, TriplesDataModule
 
 ENTITIES = {"brazil": 0, "burma": 1, "china": 2, "usa": 3}
 RELATIONS = {"embassy": 0, "treaties": 1}
@@ -144,7 +140,7 @@ def test_missing_and_unreadable_map(tmp_path: Path) -> None:
         read_id_map(broken)
     latin = tmp_path / "latin.tsv"
     latin.write_bytes("caf\xe9\t0\n".encode("latin-1"))
-    with error(rf"{re.escape(str(latin))}: not UTF-8 text"):
+    with error(rf"{re.escape(str(latin))}:1: not UTF-8 text"):
         read_id_map(latin)
 
 
@@ -417,7 +413,7 @@ DDP_SCRIPT = textwrap.dedent(
     import json, sys
     import lightning as L, torch
     from test_data import Echo
-    from tracin_lightning.data import TriplesDataModule
+    from tracin_lightning.lightning.datamodule import TriplesDataModule
 
     out, n, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     train = torch.stack([torch.arange(n), torch.arange(n) % 7, 2 * torch.arange(n)], dim=1)

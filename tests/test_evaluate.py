@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from tracin_lightning.cli import main
-from tracin_lightning.data import TriplesDataModule
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.evaluate import explanation_metrics
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 
 def _hand_metrics(orders: dict[int, list[int]], expected: dict[int, set[int]], ks: tuple[int, ...]) -> dict:

@@ -15,8 +15,8 @@ from reference import assert_rows_close, dense_gradients_at, row_errors
 from torch import Tensor
 
 from tracin_lightning.api import compute_influence, compute_self_influence
-from tracin_lightning.data import TriplesDataModule
-from tracin_lightning.module import TracInModule
+from tracin_lightning.lightning.datamodule import TriplesDataModule
+from tracin_lightning.lightning.module import TracInModule
 
 MODELS = ["ConvE", "DistMult", "TransE", "ComplEx"]
 LOSSES = ["bce", "score", "ce"]

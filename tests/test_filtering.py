@@ -20,9 +20,9 @@ import yaml
 
 from tracin_lightning import InfluenceWriter, TracInInputError, TracInModule, TriplesDataModule
 from tracin_lightning.cli import main
-from tracin_lightning.data import TripleBatches
 from tracin_lightning.engine.candidates import build_filter, count_candidates
 from tracin_lightning.engine.topk import TopK
+from tracin_lightning.lightning.datamodule import TripleBatches
 
 # ------------------------------------------------------------------------------------ obvious reference
 
@@ -414,7 +414,7 @@ def test_cli_paths_filter_in_one_and_two_processes(saved_conve, tmp_path: Path) 
     assert all(int(r["train_index"]) in expected[[0, 5, 7, 11].index(int(r["test_index"]))] for r in rows)
     # candidates score as in an unfiltered run of the same pairs
     from tracin_lightning.api import compute_influence
-    from tracin_lightning.checkpoints import read_manifest
+    from tracin_lightning.inputs.manifest import read_manifest
 
     checkpoints = read_manifest(saved_conve.manifest)
     full = compute_influence(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tracin_lightning import fingerprint
 from tracin_lightning.errors import TracInInputError
-from tracin_lightning.fingerprint import file_digest, state_digest, tensor_digest
+from tracin_lightning.outputs import digest as fingerprint
+from tracin_lightning.outputs.digest import file_digest, state_digest, tensor_digest
 
 
 def mapped(path: Path) -> torch.Tensor:

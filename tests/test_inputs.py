@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from tracin_lightning.cli import main
-from tracin_lightning.data import LabelMaps, TriplesDataModule, read_id_map, read_labeled_triples
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.inputs.maps import LabelMaps, read_id_map
+from tracin_lightning.inputs.triples import read_labeled_triples
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 FINAL_FILES = ("influence_topk.csv", "self_influence.csv", "influence_matrix.npy", "run.json")
 
@@ -128,7 +130,9 @@ def test_non_finite_gradient_names_the_triple(saved_conve, tmp_path: Path) -> No
     first = int(torch.nonzero(uses)[0])
     head, relation, tail = data.maps.labels(data.train_triples[first : first + 1])[0]
     state = {k: v.clone() for k, v in saved_conve.model.state_dict().items()}
-    state["entity_representations.0._embeddings.weight"][poisoned_id] = float("nan")
+    # finite weights (a NaN weight is refused before any gradient), large enough to overflow the scores
+    row = state["entity_representations.0._embeddings.weight"][poisoned_id]
+    row.copy_(torch.where(torch.arange(row.numel()) % 2 == 0, 3e38, -3e38))
     poisoned = tmp_path / "nan.pt"
     torch.save(state, poisoned)
     expected = (
@@ -234,3 +238,201 @@ def test_prepared_id_array_is_memory_mapped(nations_files, tmp_path: Path) -> No
         TracInInputError, match=rf"{bad}: row 0 has entity id 99, but the maps have 14 entities"
     ):
         TriplesDataModule(train_path=str(bad), test_path=str(nations_files["test"]), **kwargs)
+
+
+# ------------------------------------------------------------------------- broken files and values
+
+
+def _truncated(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    return target
+
+
+def test_truncated_or_corrupt_checkpoint_names_the_file(saved_conve, tmp_path: Path) -> None:
+    from tracin_lightning.inputs.checkpoint_files import load_state_dict
+    from tracin_lightning.inputs.manifest import read_manifest
+
+    good = read_manifest(saved_conve.manifest)[0].source
+    truncated = _truncated(Path(good), tmp_path / "truncated.pt")  # type: ignore[arg-type]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint at all")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for bad in (truncated, garbage, empty):
+        size = bad.stat().st_size
+        with pytest.raises(
+            TracInInputError,
+            match=rf"cannot read {bad} as a PyTorch file: truncated, corrupt .*\({size} bytes; ",
+        ):
+            load_state_dict(bad, saved_conve.model)
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {truncated} as a PyTorch file: truncated, corrupt"
+    ) as caught:
+        run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=[str(truncated)])
+    assert "\n" not in str(caught.value)
+    assert_no_output(tmp_path)
+
+
+def test_truncated_model_file_names_the_file(saved_conve, tmp_path: Path) -> None:
+    from tracin_lightning.inputs.checkpoint_files import load_model
+
+    model_file = _truncated(saved_conve.directory / "trained_model.pkl", tmp_path / "trained_model.pkl")
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {model_file} as a PyTorch file: truncated, corrupt"
+    ):
+        load_model(model_file)
+    with pytest.raises(
+        TracInInputError, match=rf"cannot read {model_file} as a PyTorch file: truncated, corrupt"
+    ):
+        run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, model=str(tmp_path))
+    assert_no_output(tmp_path)
+
+
+def test_duplicate_ids_in_maps(tmp_path: Path) -> None:
+    old_layout = tmp_path / "dup_id.tsv"
+    old_layout.write_text("brazil\t0\nusa\t1\nchina\t1\n")
+    with pytest.raises(TracInInputError, match=rf"{old_layout}:3: duplicate id 1 \(first on line 2\)"):
+        read_id_map(old_layout)
+    pykeen_layout = tmp_path / "relation_to_id.tsv.gz"
+    with gzip.open(pykeen_layout, "wt") as handle:
+        handle.write("id\tlabel\n0\tembassy\n1\ttreaties\n2\tembassy\n")
+    with pytest.raises(
+        TracInInputError, match=rf"{pykeen_layout}:4: duplicate label 'embassy' \(first on line 2\)"
+    ):
+        read_id_map(pykeen_layout)
+
+
+def test_non_utf8_files_name_the_line(nations_files, tmp_path: Path) -> None:
+    text = "brazil\t0\nusa\t1\nc\u00f4te d'ivoire\t2\n".encode("latin-1")
+    plain, zipped = tmp_path / "latin1.tsv", tmp_path / "latin1.tsv.gz"
+    plain.write_bytes(text)
+    with gzip.open(zipped, "wb") as handle:
+        handle.write(text)
+    for bad in (plain, zipped):
+        with pytest.raises(
+            TracInInputError, match=rf"^{bad}:3: not UTF-8 text \(byte f4 at byte 2 of the line\)"
+        ):
+            read_id_map(bad)
+    maps = LabelMaps.from_files(nations_files["entity_to_id"], nations_files["relation_to_id"])
+    triples = tmp_path / "test.txt"
+    triples.write_bytes(b"brazil\tembassy\tusa\n" * 4 + b"brazil\tembassy\tus\xe9\n")
+    with pytest.raises(TracInInputError, match=rf"^{triples}:5: not UTF-8 text \(byte e9 at byte 18 of"):
+        read_labeled_triples(triples, maps)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"path": "epoch_0001.pt"}, r"checkpoint 0 lacks 'learning_rate'"),
+        ({"path": "epoch_0001.pt", "learning_rate": -0.01}, r"must be positive and finite, got -0.01"),
+        ({"path": "epoch_0001.pt", "learning_rate": 0}, r"must be positive and finite, got 0.0"),
+        ({"path": "epoch_0001.pt", "learning_rate": float("nan")}, r"must be positive and finite, got nan"),
+        ({"path": "epoch_0001.pt", "learning_rate": float("inf")}, r"must be positive and finite, got inf"),
+        ({"path": "epoch_0001.pt", "learning_rate": None}, r"must be a number, got None"),
+        ({"path": "epoch_0001.pt", "learning_rate": "0.01"}, r"must be a number, got '0.01'"),
+    ],
+)
+def test_manifest_learning_rates(saved_conve, tmp_path: Path, entry: dict, message: str) -> None:
+    import json
+
+    from tracin_lightning.inputs.manifest import read_manifest
+
+    manifest = saved_conve.manifest.parent / f"bad_{abs(hash(message))}.json"
+    manifest.write_text(json.dumps({"checkpoints": [entry]}))  # NaN/Infinity as Python's json writes them
+    try:
+        with pytest.raises(TracInInputError, match=message) as caught:
+            read_manifest(manifest)
+        assert str(manifest) in str(caught.value)
+    finally:
+        manifest.unlink()
+
+
+def test_manifest_with_bad_learning_rate_through_the_cli(saved_conve, tmp_path: Path) -> None:
+    import json
+
+    manifest = tmp_path / "manifest.json"
+    first = saved_conve.manifest.parent / "epoch_0001.pt"
+    manifest.write_text(json.dumps({"checkpoints": [{"path": str(first), "learning_rate": -1}]}))
+    with pytest.raises(TracInInputError, match=rf"learning rate of checkpoint {first} must be positive"):
+        run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=str(manifest))
+    assert_no_output(tmp_path)
+
+
+def test_output_dir_under_a_file_fails_before_anything_is_read(
+    saved_conve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracin_lightning import InfluenceWriter
+    from tracin_lightning.lightning import module
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(
+        NotADirectoryError, match=rf"output_dir {blocker / 'run'} cannot be a folder: {blocker} is a"
+    ):
+        InfluenceWriter(output_dir=str(blocker / "run"))
+    with pytest.raises(NotADirectoryError, match=rf"output_dir {blocker} cannot be a folder: it is a file"):
+        InfluenceWriter(output_dir=str(blocker))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(module, "load_model", never)
+    config = {
+        "model": {"model": str(saved_conve.directory)},
+        "data": {"dataset": "nations", "num_test": 2},
+        "writer": {"output_dir": str(blocker / "run")},
+        "trainer": {"accelerator": "cpu"},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(NotADirectoryError, match="cannot be a folder"):
+        main(["predict", "--config", str(path)])
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_output_dir_without_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root, whom chmod does not stop; os.access is what the check asks.
+    import os
+
+    from tracin_lightning import InfluenceWriter
+
+    real = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    with pytest.raises(PermissionError, match=rf"output_dir {locked} cannot be written: it is not writable"):
+        InfluenceWriter(output_dir=str(locked))
+    with pytest.raises(
+        PermissionError, match=rf"{locked / 'new' / 'run'} cannot be written: {locked}, where"
+    ):
+        InfluenceWriter(output_dir=str(locked / "new" / "run"))
+    InfluenceWriter(output_dir=str(tmp_path / "fine"))  # the check is not always negative
+    assert not (tmp_path / "fine").exists()  # and creates nothing
+
+
+def test_nan_or_inf_in_the_weights_names_parameter_and_checkpoint(
+    saved_conve, trained, tmp_path: Path
+) -> None:
+    import copy
+
+    from tracin_lightning.api import compute_influence
+
+    run = trained("DistMult", False)
+    model = copy.deepcopy(run.model)
+    with torch.no_grad():
+        model.relation_representations[0]._embeddings.weight[3, 1] = float("inf")
+    with pytest.raises(
+        TracInInputError,
+        match=r"the model's own weights: relation_representations.0._embeddings.weight holds 1 NaN or "
+        r"infinite value\(s\) \(first at index \[3, 1\], inf\)",
+    ):
+        compute_influence(model, run.train, run.test)
+    state = {k: v.clone() for k, v in saved_conve.model.state_dict().items()}
+    state["interaction.hr1d.0.weight"][0, :3] = float("nan")
+    poisoned = tmp_path / "poisoned.pt"
+    torch.save(state, poisoned)
+    with pytest.raises(
+        TracInInputError, match=rf"checkpoint {poisoned}: interaction.hr1d.0.weight holds 3 NaN"
+    ):
+        run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=[str(poisoned)])
+    assert_no_output(tmp_path)

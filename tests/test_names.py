@@ -11,8 +11,8 @@ import yaml
 
 from tracin_lightning.cli import main
 from tracin_lightning.errors import TracInInputError
-from tracin_lightning.names import read_edge_map, read_node_names
-from tracin_lightning.writer import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
+from tracin_lightning.inputs.names import read_edge_map, read_node_names
+from tracin_lightning.outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 
 
 def test_node_name_layouts(tmp_path: Path) -> None:

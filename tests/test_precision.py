@@ -8,8 +8,8 @@ from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.retrieval import retrieval_precision
 
 from tracin_lightning.api import compute_influence
-from tracin_lightning.checkpoints import read_manifest
-from tracin_lightning.data import TriplesDataModule
+from tracin_lightning.inputs.manifest import read_manifest
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 
 def top10_overlap(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

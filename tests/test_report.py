@@ -355,18 +355,20 @@ def test_without_the_report_extra_only_the_report_fails(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     code = HIDE_REPORT_EXTRA + textwrap.dedent(f"""
         import numpy as np
-        import tracin_lightning, tracin_lightning.api, tracin_lightning.writer, tracin_lightning.evaluate
+        import tracin_lightning, tracin_lightning.api, tracin_lightning.evaluate
+        import tracin_lightning.lightning.writer
         from tracin_lightning.cli import main
         main(["prepare", "--train-path", {str(tmp_path / "train.tsv")!r},
               "--entity-to-id", {str(tmp_path / "entities.tsv")!r},
               "--relation-to-id", {str(tmp_path / "relations.tsv")!r},
               "--output", {str(tmp_path / "ids.npy")!r}])
         assert np.load({str(tmp_path / "ids.npy")!r}).tolist() == [[0, 0, 1], [1, 0, 0]]
-        main(["report", {str(tmp_path)!r}])
+        sys.argv = ["tracin-lightning", "report", {str(tmp_path)!r}]
+        main()  # as the console script: one error line, status 2
     """)
     done = run_python(code)
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip() == (
-        'tracin-lightning report: the report needs matplotlib: pip install "tracin-lightning[report]"'
+        'error: the report needs matplotlib: pip install "tracin-lightning[report]"'
     )
     assert not (tmp_path / "report").exists()

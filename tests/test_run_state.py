@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tracin_lightning.data import TriplesDataModule
 from tracin_lightning.errors import TracInInputError
-from tracin_lightning.module import TracInModule
-from tracin_lightning.writer import InfluenceWriter
+from tracin_lightning.lightning.datamodule import TriplesDataModule
+from tracin_lightning.lightning.module import TracInModule
+from tracin_lightning.lightning.writer import InfluenceWriter
 
 NUM_TRAIN, BATCH = 120, 10  # 12 batches
 

@@ -17,49 +17,55 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TracInModule": "module",
-    "TriplesDataModule": "data",
-    "LabelMaps": "data",
-    "InfluenceWriter": "writer",
-    "TracInCheckpoint": "checkpoints",
-    "PyKEENTracInCallback": "checkpoints",
-    "Checkpoint": "checkpoints",
-    "load_model": "checkpoints",
-    "resolve_checkpoints": "checkpoints",
+    "TracInModule": "lightning.module",
+    "TriplesDataModule": "lightning.datamodule",
+    "LabelMaps": "inputs.maps",
+    "InfluenceWriter": "lightning.writer",
+    "TracInCheckpoint": "lightning.callbacks",
+    "PyKEENTracInCallback": "lightning.callbacks",
+    "Checkpoint": "inputs.checkpoint_files",
+    "load_model": "inputs.checkpoint_files",
+    "resolve_checkpoints": "inputs.manifest",
     "compute_influence": "api",
     "compute_self_influence": "api",
+    "compute_top_influence": "api",
+    "TopInfluence": "api",
     "TracInInputError": "errors",
+    "build_index": "index",
+    "InfluenceIndex": "index",
 }
 
 __all__ = [
     "Checkpoint",
+    "InfluenceIndex",
     "InfluenceWriter",
     "LabelMaps",
     "PyKEENTracInCallback",
+    "TopInfluence",
     "TracInCheckpoint",
     "TracInInputError",
     "TracInModule",
     "TriplesDataModule",
     "__version__",
+    "build_index",
     "compute_influence",
     "compute_self_influence",
+    "compute_top_influence",
     "load_model",
     "resolve_checkpoints",
 ]
 
 if TYPE_CHECKING:
-    from .api import compute_influence, compute_self_influence
-    from .checkpoints import (
-        Checkpoint,
-        PyKEENTracInCallback,
-        TracInCheckpoint,
-        load_model,
-        resolve_checkpoints,
-    )
-    from .data import LabelMaps, TriplesDataModule
+    from .api import TopInfluence, compute_influence, compute_self_influence, compute_top_influence
     from .errors import TracInInputError
-    from .module import TracInModule
-    from .writer import InfluenceWriter
+    from .index import InfluenceIndex, build_index
+    from .inputs.checkpoint_files import Checkpoint, load_model
+    from .inputs.manifest import resolve_checkpoints
+    from .inputs.maps import LabelMaps
+    from .lightning.callbacks import PyKEENTracInCallback, TracInCheckpoint
+    from .lightning.datamodule import TriplesDataModule
+    from .lightning.module import TracInModule
+    from .lightning.writer import InfluenceWriter
 
 
 def __getattr__(name: str) -> Any:

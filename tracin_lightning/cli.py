@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -11,12 +12,17 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from ._io import atomic_path
-from .data import TriplesDataModule
-from .module import TracInModule
-from .writer import InfluenceWriter
+from .errors import TracInInputError
+from .lightning.datamodule import TriplesDataModule
+from .lightning.module import TracInModule
+from .lightning.writer import InfluenceWriter
+from .outputs.atomic import atomic_path
+from .outputs.directory import require_writable_dir
 
-__all__ = ["TracInCLI", "main"]
+__all__ = ["DEBUG_ENV", "TracInCLI", "main"]
+
+#: Set to 1 (or pass ``--debug``) for the full traceback instead of the one-line ``error:`` message.
+DEBUG_ENV = "TRACIN_LIGHTNING_DEBUG"
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "inference_mode": False,  # TracIn differentiates inside predict
@@ -43,6 +49,14 @@ class TracInCLI(LightningCLI):
         parser.add_lightning_class_args(InfluenceWriter, "writer")
 
     @override
+    def before_instantiate_classes(self) -> None:
+        # Before the model and the triples are read: a run that cannot write its results fails at once.
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        output_dir = config.get("writer", {}).get("output_dir") if config is not None else None
+        if output_dir is not None:
+            require_writable_dir(output_dir, what="writer.output_dir")
+
+    @override
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
@@ -64,7 +78,8 @@ def prepare(args: list[str]) -> None:
     """``tracin-lightning prepare``: labelled training triples -> memory-mappable ``.npy`` id array."""
     import argparse
 
-    from .data import LabelMaps, prepare_id_array
+    from .inputs.maps import LabelMaps
+    from .inputs.triples import prepare_id_array
 
     parser = argparse.ArgumentParser(
         prog="tracin-lightning prepare",
@@ -89,9 +104,8 @@ def evaluate(args: list[str]) -> None:
     import torch
     import yaml
 
-    from ._io import write_json
-    from .errors import TracInInputError
     from .evaluate import explanation_metrics, read_expected_explanations
+    from .outputs.atomic import write_json
 
     parser = argparse.ArgumentParser(
         prog="tracin-lightning evaluate",
@@ -130,7 +144,6 @@ def report(args: list[str]) -> None:
     """``tracin-lightning report OUTPUT_DIR``: a static HTML report (tables, charts, drawings) of a run."""
     import argparse
 
-    from .errors import TracInInputError
     from .report import ReportDependencyError, build_report
 
     parser = argparse.ArgumentParser(
@@ -145,15 +158,44 @@ def report(args: list[str]) -> None:
     )
     options = parser.parse_args(args)
     try:
-        index = build_report(options.output_dir, top=options.top, destination=options.destination)
-    except (TracInInputError, ReportDependencyError) as error:
-        raise SystemExit(f"tracin-lightning report: {error}") from None
-    print(index)
+        print(build_report(options.output_dir, top=options.top, destination=options.destination))
+    except ReportDependencyError as error:  # a missing extra is a set-up error like a bad input
+        raise TracInInputError(str(error)) from None
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:  # not "[Errno 20] Not a directory: '...'"
+        text = error.strerror if error.filename is None else f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; ``args`` lets tests run the CLI in-process."""
-    argv = sys.argv[1:] if args is None else args
+    """Console entry point; ``args`` lets tests run the CLI in-process.
+
+    Bad input (:class:`~tracin_lightning.errors.TracInInputError`) and file-system errors (``OSError``:
+    a missing file, a folder that is a file, no permission) print one line ``error: <message>`` to
+    stderr and exit with status 2, like an argument error; ``--debug`` or ``TRACIN_LIGHTNING_DEBUG=1``
+    shows the traceback instead. Called from Python with ``args``, such errors propagate as exceptions.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+    if "--debug" in argv:
+        argv = [arg for arg in argv if arg != "--debug"]
+        if args is None:  # LightningCLI reads sys.argv itself, and DDP relaunches it: keep both right
+            sys.argv[1:] = argv
+            os.environ[DEBUG_ENV] = "1"
+    try:
+        _dispatch(argv, None if args is None else argv)
+    except (TracInInputError, OSError) as error:
+        if debug or args is not None:  # called from Python: the caller gets the exception
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _dispatch(argv: list[str], args: list[str] | None) -> None:
     if argv[:1] == ["prepare"]:
         prepare(argv[1:])
         return
@@ -162,6 +204,11 @@ def main(args: list[str] | None = None) -> None:
         return
     if argv[:1] == ["report"]:
         report(argv[1:])
+        return
+    if argv[:1] in (["index"], ["explain"]):
+        from .index.cli import main as index_main
+
+        index_main(argv)
         return
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.
@@ -172,6 +219,7 @@ def main(args: list[str] | None = None) -> None:
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_callback=None,
         auto_configure_optimizers=False,
+        seed_everything_default=False,  # nothing is random in TracIn; seeding only printed two lines
         args=args,
     )
 

@@ -47,10 +47,29 @@ def read_chunks(path: Path) -> Iterator[tuple[int, list[str]]]:
             while lines := handle.readlines(CHUNK_CHARS):
                 yield number, lines
                 number += len(lines)
-    except UnicodeDecodeError as error:
-        raise TracInInputError(f"{path}: not UTF-8 text (at or after line {number}): {error}") from None
+    except UnicodeDecodeError:
+        raise TracInInputError(_not_utf8(path, number)) from None
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
         raise TracInInputError(f"{path}: cannot read: {error}") from None
+
+
+def _not_utf8(path: Path, from_line: int) -> str:
+    """The message for a file that is not UTF-8, naming the first line that does not decode."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number < from_line:
+                continue
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad = line[error.start : error.end]
+                return (
+                    f"{path}:{number}: not UTF-8 text (byte {bad.hex(' ')} at byte {error.start + 1} of the "
+                    "line): save the file as UTF-8"
+                )
+    return f"{path}: not UTF-8 text (at or after line {from_line})"
 
 
 def split_line(line: str) -> list[str] | None:

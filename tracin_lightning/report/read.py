@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json_object
 from ..errors import TracInInputError
+from ..inputs.json_object import read_json_object
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 
 __all__ = [

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .errors import TracInInputError
+from ..errors import TracInInputError
 
-__all__ = ["file_digest", "state_digest", "tensor_digest"]
+__all__ = ["BLOCK", "file_digest", "state_digest", "tensor_digest"]
+
 
 BLOCK = 1 << 20  # bytes per read or chunk
 

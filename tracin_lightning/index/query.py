@@ -1,0 +1,439 @@
+"""Answering influence queries from an index: exact, touching only what a test triple can reach.
+
+For a row-only model (every parameter an embedding table: DistMult, ComplEx, TransE, RotatE, ... with
+the ``bce`` or ``score`` loss) a training triple's gradient lives on the rows it looked up, so its
+influence on a test triple is zero unless they share a looked-up row. A query computes the test
+triple's reduced gradient at every checkpoint, reads the inverted lists of the rows it looked up,
+gathers only the matching stored row gradients and sums their dot products: exactly the engine's
+``pairwise_dot`` on those pairs, with every other training triple exactly 0. Models with shared dense
+layers (ConvE) touch every training triple: their queries stream over the stored factors in chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..engine.influence import CheckpointState, test_gradients
+from ..engine.structure import pairwise_dot
+from ..engine.topk import TopK
+from ..errors import TracInInputError
+from ..inputs.json_object import read_json_object
+from ..inputs.maps import LabelMaps
+from ..inputs.names import Names
+from ..lightning.module import TracInModule
+from ..outputs.digest import file_digest, state_digest
+from .store import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    PartSpec,
+    Projection,
+    flatten,
+    part_file,
+    per_checkpoint,
+    unflatten,
+)
+
+__all__ = ["IndexTopK", "InfluenceIndex"]
+
+#: bytes of stored gradients read per streamed chunk (bounds a streaming query's memory)
+CHUNK_BYTES = 1 << 27
+
+
+@dataclass
+class IndexTopK:
+    """Top-k proponents and opponents per test triple, each ``(T, k)``.
+
+    Proponents are the ``k`` largest scores in descending order, opponents the ``k`` smallest in
+    ascending order; equal scores are ordered by ascending training row, exactly as a stable full sort
+    of :meth:`InfluenceIndex.influence`'s rows (training triples sharing nothing with the test triple
+    score exactly 0 and take part in that order like any other 0).
+    """
+
+    proponent_values: Tensor
+    proponent_index: Tensor
+    opponent_values: Tensor
+    opponent_index: Tensor
+
+
+class InfluenceIndex:
+    """An opened influence index (build it with :func:`~tracin_lightning.index.build.build_index`).
+
+    The index stores the model (``model.pt``, pickled: open only indexes you trust) and copies of its
+    checkpoint weights, and checks both against the sha256 digests in the manifest when opened.
+
+    Use :meth:`open`; the constructor is internal.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        module: TracInModule,
+        states: list[CheckpointState],
+        *,
+        device: torch.device,
+        test_batch_size: int,
+    ) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.module = module
+        self.states = states
+        self.device = device
+        self.test_batch_size = test_batch_size
+        self.parts = [PartSpec.from_dict(p) for p in manifest["parts"]]
+        self.part_index = {p.key: j for j, p in enumerate(self.parts)}
+        projection = manifest.get("projection")
+        self.projection = None if projection is None else Projection(projection["dim"], projection["seed"])
+        self.shards = [directory / s["directory"] for s in manifest["shards"]]
+        sizes = [int(s["rows"]) for s in manifest["shards"]]
+        self.bases = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # shard entry offsets
+        self.entry_rows = np.concatenate([np.load(folder / "rows.npy") for folder in self.shards])
+        self.num_train = int(manifest["train_triples"]["count"])
+        self._train: np.ndarray | None = None
+        self.maps: LabelMaps | None = None
+        self.names: Names | None = None
+        if manifest.get("maps"):
+            data = json.loads((directory / manifest["maps"]).read_text())
+            self.maps = LabelMaps(data["entity_to_id"], data["relation_to_id"])
+            if data.get("names") is not None:
+                self.names = Names(entities=data["names"]["entities"], relations=data["names"]["relations"])
+        self._inverted: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        for key, info in manifest.get("inverted", {}).items():
+            offsets = np.load(directory / "inverted" / info["offsets"])
+            positions = np.load(directory / "inverted" / info["positions"], mmap_mode="r")
+            self._inverted[key] = (offsets, positions, int(info["slots"]))
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        *,
+        model: nn.Module | str | None = None,
+        checkpoints: Any = None,
+        learning_rates: Sequence[float] | None = None,
+        device: torch.device | str = "cpu",
+        test_batch_size: int = 256,
+    ) -> InfluenceIndex:
+        """Open the index in ``directory``, checking its files against the manifest's digests.
+
+        Args:
+            directory: an index folder.
+            model: optionally the model you mean to explain; refused unless its weights are the ones
+                the index was built from (by sha256 of the state dict).
+            checkpoints: optionally the checkpoints you mean (as for ``compute_influence``); refused
+                unless their contents and learning rates are the indexed ones.
+            learning_rates: learning rates for ``checkpoints``.
+            device: where test gradients and dot products are computed.
+            test_batch_size: test triples per gradient call.
+
+        Raises:
+            TracInInputError: no finished index there, files changed since the build, or a ``model``
+                / ``checkpoints`` that is not the indexed one.
+        """
+        folder = Path(directory)
+        manifest = read_json_object(
+            folder / MANIFEST,
+            missing="not an influence index, or its build did not finish (run build_index or "
+            "tracin-lightning index again: it resumes)",
+        )
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise TracInInputError(f"{folder / MANIFEST}: not a version {VERSION} {FORMAT} manifest")
+        _verify_file(folder / manifest["model_file"], manifest["model_sha256"])
+        for checkpoint in manifest["checkpoints"]:
+            _verify_file(folder / checkpoint["file"], checkpoint["sha256"])
+        for shard in manifest["shards"]:
+            meta = json.loads((folder / shard["directory"] / "meta.json").read_text())
+            if meta["fingerprint"] != manifest["fingerprint"]:
+                raise TracInInputError(
+                    f"{folder / shard['directory']}: a shard of another build; rebuild the index"
+                )
+        device = torch.device(device)
+        kge = torch.load(folder / manifest["model_file"], map_location=device, weights_only=False)
+        if model is not None:
+            from ..inputs.checkpoint_files import load_model
+
+            given = state_digest(load_model(model).state_dict())
+            if given != manifest["model_state_sha256"]:
+                raise TracInInputError(
+                    f"the given model is not the one the index in {folder} was built from (weights differ "
+                    "by sha256): rebuild the index for this model"
+                )
+        if checkpoints is not None:
+            _verify_checkpoints(folder, manifest, checkpoints, learning_rates)
+        if str(manifest["loss"]).startswith("custom"):
+            raise TracInInputError(
+                f"{folder}: the index was built with a custom loss_fn, which cannot be reopened"
+            )
+        states_raw = [
+            torch.load(folder / c["file"], map_location=device, weights_only=True)
+            for c in manifest["checkpoints"]
+        ]
+        module = TracInModule(
+            model=kge,
+            checkpoints=states_raw,  # type: ignore[arg-type]
+            learning_rates=[float(c["learning_rate"]) for c in manifest["checkpoints"]],
+            loss=manifest["loss"],
+            params=list(manifest["params"]),
+            inverse=bool(manifest["inverse_triples"]),
+            top_k=0,
+            test_batch_size=test_batch_size,
+        )
+        states = [
+            CheckpointState(state=state, learning_rate=float(c["learning_rate"]))
+            for state, c in zip(states_raw, manifest["checkpoints"])
+        ]
+        return cls(folder, manifest, module, states, device=device, test_batch_size=test_batch_size)
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def mode(self) -> str:
+        """``rows`` (inverted lists, exact) or ``stream`` (exact or projected factors, every triple)."""
+        return str(self.manifest["mode"])
+
+    @property
+    def train_triples(self) -> np.ndarray:
+        """``(N, 3)`` training triple ids (memory-mapped)."""
+        if self._train is None:
+            self._train = np.load(self.directory / self.manifest["train_triples"]["file"], mmap_mode="r")
+        return self._train
+
+    def encode(self, triples: Tensor | Sequence[Sequence[Any]], *, source: str = "test triple") -> Tensor:
+        """Test triples as ``(T, 3)`` ids: a tensor of ids, or ``[head, relation, tail]`` labels.
+
+        Raises:
+            TracInInputError: for an unknown label (naming it), or labels without maps.
+        """
+        if isinstance(triples, Tensor):
+            test = triples.long()
+        else:
+            rows = [list(row) for row in triples]
+            if rows and all(isinstance(x, str) for row in rows for x in row):
+                if self.maps is None:
+                    raise TracInInputError("this index has no label maps: give test triples as ids")
+                test = self.maps.encode(rows, source=source)
+            else:
+                test = torch.tensor(rows, dtype=torch.long)
+        if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:
+            raise TracInInputError(
+                f"test triples must be a non-empty (T, 3) array, got shape {tuple(test.shape)}"
+            )
+        self.module._check_ids(test, "test triples", torch.arange(test.shape[0]))
+        return test.to(self.device)
+
+    def _test_parts(self, test: Tensor) -> list[dict[str, Tensor]]:
+        with torch.enable_grad():
+            grads = test_gradients(self.module.gradients, self.states, test, batch_size=self.test_batch_size)
+        paths = self.module.parameter_paths
+        if paths != self.manifest["parameter_paths"]:
+            raise TracInInputError(
+                f"{self.directory}: the query's parameter paths {paths} differ from the build's "
+                f"{self.manifest['parameter_paths']}"
+            )
+        out = []
+        for g in grads:
+            arrays = flatten(g)
+            out.append(arrays if self.projection is None else self.projection.apply(arrays))
+        return out
+
+    # --------------------------------------------------------------- queries
+    def influence(self, test_triples: Tensor | Sequence[Sequence[Any]]) -> Tensor:
+        """``(T, N)`` float32 CPU influence of every training triple, as ``compute_influence`` gives.
+
+        Args:
+            test_triples: ``(T, 3)`` ids, or label triples when the index has maps.
+        """
+        test = self.encode(test_triples)
+        parts = self._test_parts(test)
+        out = torch.zeros(test.shape[0], self.num_train, dtype=torch.float32)
+        if self.mode == "rows":
+            for t in range(test.shape[0]):
+                rows, values = self._row_scores(parts, t)
+                out[t, torch.from_numpy(rows)] = values
+        else:
+            for rows, scores in self._stream(parts):
+                out[:, torch.from_numpy(rows)] = scores.cpu()
+        return out
+
+    def top_k(self, test_triples: Tensor | Sequence[Sequence[Any]], k: int = 10) -> IndexTopK:
+        """The ``k`` strongest proponents and opponents of each test triple (see :class:`IndexTopK`).
+
+        Row-only indexes score only the training triples that share a row with the test triple and
+        never form ``(T, N)``; streaming indexes keep a running top-k over the chunks.
+        """
+        if k < 1:
+            raise TracInInputError(f"k must be at least 1, got {k}")
+        k = min(k, self.num_train)
+        test = self.encode(test_triples)
+        parts = self._test_parts(test)
+        if self.mode == "rows":
+            found = [
+                _sparse_topk(*self._row_scores(parts, t), self.num_train, k) for t in range(test.shape[0])
+            ]
+            return IndexTopK(*(torch.stack([f[i] for f in found]) for i in range(4)))
+        top = TopK.empty(num_test=test.shape[0], k=k)
+        for rows, scores in self._stream(parts):
+            top = top.update(scores.cpu(), torch.from_numpy(rows))
+        return IndexTopK(top.proponent_values, top.proponent_index, top.opponent_values, top.opponent_index)
+
+    # ------------------------------------------------------------- row mode
+    def _row_scores(self, parts: Sequence[Mapping[str, Tensor]], t: int) -> tuple[np.ndarray, Tensor]:
+        """Training rows sharing a looked-up row with test triple ``t`` (ascending) and their exact scores."""
+        lists = []  # (grads key, test id, slot positions, entries)
+        for key, (offsets, positions, slots) in self._inverted.items():
+            ids = parts[0][f"{key}/ids"][t].cpu()
+            for u in torch.unique(ids).tolist():
+                found = np.asarray(positions[offsets[u] : offsets[u + 1]])
+                lists.append((key, u, found, found // slots))
+        if not lists:
+            return np.zeros(0, dtype=np.int64), torch.zeros(0)
+        entries = np.unique(np.concatenate([e for *_, e in lists]))
+        scores = torch.zeros(entries.shape[0], dtype=torch.float32, device=self.device)
+        memmaps: dict[tuple[int, int, int], np.ndarray] = {}
+        for k, (arrays, state) in enumerate(zip(parts, self.states)):
+            for key, u, found, entry in lists:
+                if found.size == 0:
+                    continue
+                ids = arrays[f"{key}/ids"][t]
+                grads = arrays[f"{key}/grads"][t]  # (S, d)
+                query = grads[ids == u].sum(0).float()  # slots of the same row add up
+                stored = self._gather(memmaps, self.part_index[f"{key}/grads"], k, found)
+                where = torch.from_numpy(np.searchsorted(entries, entry)).to(self.device)
+                scores.index_add_(0, where, state.learning_rate * (stored.to(self.device) @ query))
+        return self.entry_rows[entries], scores.cpu()
+
+    def _gather(
+        self, memmaps: dict[tuple[int, int, int], np.ndarray], j: int, k: int, positions: np.ndarray
+    ) -> Tensor:
+        """Stored row gradients ``(m, d)`` of part ``j`` at checkpoint ``k`` at the (ascending) slots."""
+        width = self.parts[j].shape[-1]
+        slots = int(np.prod(self.parts[j].shape[:-1]))
+        cuts = np.searchsorted(positions, self.bases * slots)
+        pieces = []
+        for r in range(len(self.shards)):
+            if cuts[r] == cuts[r + 1]:
+                continue
+            if (j, k, r) not in memmaps:  # mapped for this query only: resident memory stays per query
+                memmaps[(j, k, r)] = np.load(self.shards[r] / part_file(j, k), mmap_mode="r").reshape(
+                    -1, width
+                )
+            pieces.append(memmaps[(j, k, r)][positions[cuts[r] : cuts[r + 1]] - self.bases[r] * slots])
+        return torch.from_numpy(np.concatenate(pieces))
+
+    # ---------------------------------------------------------- stream mode
+    def _stream(self, parts: Sequence[Mapping[str, Tensor]]) -> Any:
+        """``(rows, (T, b) scores)`` per chunk of stored training gradients, every training triple once."""
+        entry_bytes = sum(
+            int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in self.parts
+        ) * max(1, len(self.states))
+        step = max(1, CHUNK_BYTES // max(1, entry_bytes))
+        tests = [unflatten(arrays) for arrays in parts]
+        for r, folder in enumerate(self.shards):
+            size = int(self.bases[r + 1] - self.bases[r])
+            for start in range(0, size, step):
+                stop = min(size, start + step)
+                scores = torch.zeros(
+                    tests[0].batch_size, stop - start, dtype=torch.float32, device=self.device
+                )
+                shared = {
+                    p.key: _read(folder / part_file(j, None), start, stop, self.device)
+                    for j, p in enumerate(self.parts)
+                    if not per_checkpoint(p.key)
+                }
+                for k, (test, state) in enumerate(zip(tests, self.states)):
+                    arrays = dict(shared)
+                    for j, p in enumerate(self.parts):
+                        if per_checkpoint(p.key):
+                            arrays[p.key] = _read(folder / part_file(j, k), start, stop, self.device)
+                    with torch.autocast(device_type=self.device.type, enabled=False):
+                        scores += state.learning_rate * pairwise_dot(test, unflatten(arrays))
+                yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], scores
+
+
+def _read(path: Path, start: int, stop: int, device: torch.device) -> Tensor:
+    """Entries ``start:stop`` of a stored part, read (not mapped) so memory stays at one chunk."""
+    mapped = np.load(path, mmap_mode="r")
+    block = np.array(mapped[start:stop])
+    del mapped
+    return torch.from_numpy(block).to(device)
+
+
+def _first_missing(excluded: np.ndarray, count: int, n: int) -> np.ndarray:
+    """The ``count`` smallest integers in ``[0, n)`` not in the sorted array ``excluded``."""
+    pool = np.arange(min(n, count + excluded.size), dtype=np.int64)
+    return np.setdiff1d(pool, excluded, assume_unique=True)[:count]
+
+
+def _sparse_topk(rows: np.ndarray, values: Tensor, n: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top-k of a length-``n`` score vector that is ``values`` at ``rows`` and exactly 0 elsewhere.
+
+    The order is that of a stable full sort (ties by ascending row): proponents are the positive
+    scores descending, then the zeros (every other row) ascending by row, then the negative scores
+    descending; opponents mirror it.
+    """
+    v = values.numpy()
+    nonzero = v != 0
+    zero_excluded = np.sort(rows[nonzero])
+    out = []
+    for sign in (1.0, -1.0):  # proponents, then opponents
+        signed = sign * v
+        first = np.nonzero(signed > 0)[0]
+        first = first[np.lexsort((rows[first], -signed[first]))]
+        take_rows, take_values = [rows[first[:k]]], [v[first[:k]]]
+        missing = k - min(k, first.size)
+        if missing:
+            zeros = _first_missing(zero_excluded, missing, n)
+            take_rows.append(zeros)
+            take_values.append(np.zeros(zeros.size, dtype=np.float32))
+            missing -= zeros.size
+        if missing:
+            last = np.nonzero(signed < 0)[0]
+            last = last[np.lexsort((rows[last], -signed[last]))][:missing]
+            take_rows.append(rows[last])
+            take_values.append(v[last])
+        out.append(
+            (
+                torch.from_numpy(np.concatenate(take_values).astype(np.float32)),
+                torch.from_numpy(np.concatenate(take_rows).astype(np.int64)),
+            )
+        )
+    (pro_values, pro_rows), (opp_values, opp_rows) = out
+    return pro_values, pro_rows, opp_values, opp_rows
+
+
+def _verify_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise TracInInputError(f"{path} is missing: the index is incomplete; rebuild it")
+    if file_digest(path) != expected:
+        raise TracInInputError(
+            f"{path} does not match the index manifest (sha256 differs): the index files were changed or "
+            "mixed with another build; rebuild the index"
+        )
+
+
+def _verify_checkpoints(
+    folder: Path, manifest: Mapping[str, Any], checkpoints: Any, learning_rates: Sequence[float] | None
+) -> None:
+    from ..inputs.manifest import resolve_checkpoints
+    from .build import _checkpoint_digest
+
+    resolved = resolve_checkpoints(
+        checkpoints if isinstance(checkpoints, (str, Path)) else list(checkpoints),
+        learning_rates=None if learning_rates is None else list(learning_rates),
+    )
+    given = [[c.learning_rate, _checkpoint_digest(c)] for c in resolved]
+    indexed = [[c["learning_rate"], c["content_sha256"]] for c in manifest["checkpoints"]]
+    if given != indexed:
+        raise TracInInputError(
+            f"the given checkpoints are not the ones the index in {folder} was built from (contents or "
+            "learning rates differ by sha256): rebuild the index for them"
+        )

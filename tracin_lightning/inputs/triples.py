@@ -1,0 +1,110 @@
+"""Triples files: labelled TSV to ids, and memory-mapped ``.npy`` id arrays."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import TracInInputError
+from .maps import LabelMaps
+from .tsv import read_chunks as _read_chunks
+from .tsv import read_tsv_rows as read_tsv_rows
+from .tsv import split_line as _split
+
+__all__ = ["load_id_array", "prepare_id_array", "read_labeled_triples"]
+
+
+def read_labeled_triples(path: str | Path, maps: LabelMaps) -> Tensor:
+    """Read ``head<TAB>relation<TAB>tail`` lines (plain or gzipped) into ``(n, 3)`` ids.
+
+    Blank lines are skipped; there is no header. Ids are collected per chunk of lines into numpy
+    arrays, so millions of lines never live as Python objects all at once.
+
+    Args:
+        path: the labelled triples file.
+        maps: the label maps of the training triples.
+
+    Returns:
+        LongTensor ``(n, 3)`` of ids, in file order.
+
+    Raises:
+        TracInInputError: for a missing file, or naming ``path:line`` for a wrong column count or an
+            unknown label.
+    """
+    path = Path(path)
+    entities, relations = maps.entity_to_id, maps.relation_to_id
+    chunks: list[np.ndarray] = []
+    for first, lines in _read_chunks(path):
+        ids: list[int] = []
+        extend = ids.extend
+        try:  # fast path; any odd line (blank, malformed, unknown) sends the chunk to the careful one
+            for line in lines:
+                head, relation, tail = line.rstrip("\r\n").split("\t")
+                extend((entities[head], relations[relation], entities[tail]))
+        except (ValueError, KeyError):
+            ids = _careful_ids(path, first, lines, maps)
+        chunks.append(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+    flat = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    return torch.from_numpy(flat.reshape(-1, 3))
+
+
+def _careful_ids(path: Path, first: int, lines: list[str], maps: LabelMaps) -> list[int]:
+    """Ids of a chunk, skipping blank lines and raising with the line number of a bad one."""
+    ids: list[int] = []
+    for number, line in enumerate(lines, start=first):
+        cells = _split(line)
+        if cells is None:
+            continue
+        if len(cells) != 3:
+            raise TracInInputError(f"{path}:{number}: expected 3 tab-separated columns, found {len(cells)}")
+        ids.extend(maps._ids(cells, f"{path}:{number}"))
+    return ids
+
+
+def prepare_id_array(train_path: str | Path, maps: LabelMaps, output: str | Path) -> Path:
+    """Convert labelled triples once into an ``(N, 3)`` int64 ``.npy`` id array (written atomically).
+
+    Runs then memory-map it (``train_path: ids.npy``): no parsing, and the operating system pages the
+    ids in as batches need them instead of every process holding its own copy.
+    """
+    from ..outputs.atomic import atomic_path
+
+    triples = read_labeled_triples(train_path, maps)
+    output = Path(output)
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, triples.numpy())
+    return output
+
+
+def _plural(kind: str) -> str:
+    return "entities" if kind == "entity" else f"{kind}s"
+
+
+def load_id_array(path: str | Path, maps: LabelMaps) -> Tensor:
+    """Memory-map an id array from :func:`prepare_id_array`, checked against the maps."""
+    path = Path(path)
+    if not path.is_file():
+        raise TracInInputError(f"file not found: {path}")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except ValueError as error:
+        raise TracInInputError(f"{path} is not a .npy id array ({error})") from None
+    if array.ndim != 2 or array.shape[1] != 3 or array.dtype != np.int64:
+        raise TracInInputError(
+            f"{path}: expected an (N, 3) int64 id array, found {array.shape} {array.dtype}"
+        )
+    for column, bound, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation"),
+                                (2, maps.num_entities, "entity")):  # fmt: skip
+        for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
+            values = array[start : start + (1 << 22), column]
+            if values.size and (values.min() < 0 or values.max() >= bound):
+                row = start + int(np.nonzero((values < 0) | (values >= bound))[0][0])
+                raise TracInInputError(f"{path}: row {row} has {kind} id {int(array[row, column])}, "
+                                       f"but the maps have {bound} {_plural(kind)}")  # fmt: skip
+    with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)

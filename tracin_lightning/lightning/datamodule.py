@@ -1,0 +1,439 @@
+"""``TriplesDataModule``: streams training triples, as whole batches, to the TracIn module."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from typing_extensions import override
+
+from ..engine.candidates import MAX_RADIUS, MODES, CandidateFilter, build_filter, count_candidates
+from ..errors import TracInInputError
+from ..inputs.maps import LabelMaps, _check_ids
+from ..inputs.names import Names, read_edge_map, read_node_names
+from ..inputs.triples import load_id_array, read_labeled_triples
+from ..inputs.tsv import read_tsv_rows as read_tsv_rows
+
+__all__ = ["TripleBatches", "TriplesDataModule"]
+
+
+class TripleBatches(Dataset):
+    """Map-style dataset whose item ``i`` is the ``i``-th contiguous batch of training triples.
+
+    Items are ``{"index": LongTensor (b,), "triples": LongTensor (b, 3)}`` with ``index`` the rows'
+    positions (plus ``offset``). Use with ``DataLoader(dataset, batch_size=None)`` so each item is a
+    whole batch; under DDP, Lightning's predict sampler gives rank ``r`` the items ``r, r + W, ...``,
+    each exactly once.
+
+    Args:
+        triples: ``(n, 3)`` ids.
+        batch_size: rows per item (the last item may be shorter).
+        offset: added to the row positions in ``index``.
+        rows: stream only these rows of ``triples`` (sorted positions, e.g. the candidates of a
+            filter), in batches of ``batch_size``; ``index`` still holds their positions in
+            ``triples`` (plus ``offset``), so results refer to the original rows. None streams all.
+    """
+
+    def __init__(
+        self, triples: Tensor, *, batch_size: int, offset: int = 0, rows: Tensor | None = None
+    ) -> None:
+        if batch_size < 1:
+            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
+        self.triples = triples
+        self.batch_size = batch_size
+        self.offset = offset
+        self.rows = None if rows is None else rows.detach().to("cpu", torch.long)
+
+    def __len__(self) -> int:
+        size = self.triples.shape[0] if self.rows is None else self.rows.numel()
+        return math.ceil(size / self.batch_size)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} out of range: {len(self)} batches")
+        start = i * self.batch_size
+        if self.rows is not None:
+            index = self.rows[start : start + self.batch_size]
+            return {"index": index + self.offset, "triples": self.triples[index]}  # a gather: a copy
+        stop = min(start + self.batch_size, self.triples.shape[0])
+        triples = self.triples[start:stop]  # a view: no copy in the main process
+        if get_worker_info() is not None:
+            # a view sent from a worker would move the whole tensor's storage to shared memory
+            triples = triples.clone()
+        return {"index": torch.arange(start + self.offset, stop + self.offset), "triples": triples}
+
+
+class TriplesDataModule(L.LightningDataModule):
+    """Streams the training triples in whole batches; holds the test triples and the label maps.
+
+    Everything is read when the module is created, so bad input fails before any computation.
+    Give exactly one training source: ``dataset``, ``directory`` or ``train_path``.
+
+    Args:
+        dataset: name of a PyKEEN dataset (``nations``, ``kinships`` and ``umls`` ship with PyKEEN and
+            work offline). Training triples = its training split; test triples default to its testing
+            split.
+        directory: a folder written by PyKEEN's ``save_to_directory`` (or its ``training_triples/``
+            subfolder); training triples and label maps come from ``training_triples/``. Needs
+            ``test_path`` or ``test_labels``.
+        train_path: labelled training triples, ``head<TAB>relation<TAB>tail`` per line (``.gz`` ok),
+            or a ``.npy`` id array written by ``tracin-lightning prepare`` (memory-mapped, for graphs
+            whose triples should not be parsed or held in RAM on every run).
+            Needs ``entity_to_id`` and ``relation_to_id``.
+        test_path: labelled test triples in the same format, encoded with the training maps. Defaults
+            to the testing split when ``dataset`` is given.
+        entity_to_id: entity map file for ``train_path``: PyKEEN's ``id<TAB>label`` with a header
+            (e.g. ``training_triples/entity_to_id.tsv.gz``) or the older ``label<TAB>id``.
+        relation_to_id: relation map file for ``train_path``, same layouts.
+        test_indices: explain only these rows (0-based positions) of the test triples.
+        num_test: explain only the first N test triples.
+        test_labels: test triples given directly as labels, e.g. ``[[brazil, embassy, usa]]``; replaces
+            the test file.
+        batch_size: training triples per prediction step (more is faster but needs more memory).
+        num_workers: DataLoader worker processes (0 loads batches in the main process).
+        node_names: readable entity names, ``label<TAB>name`` or the older ``name<TAB>id`` lines;
+            outputs then carry ``*_name`` columns.
+        edge_map: readable relation names: JSON of JSON-encoded edge attributes (with a
+            ``predicate``) -> relation label, or a plain ``label -> name`` JSON.
+        candidates: which training triples are scored against each test triple, on the undirected
+            training graph: ``all`` (no filtering, the default); ``neighbourhood``: the triples with an
+            endpoint within ``hops - 1`` hops of the test triple's head or tail (``hops: 1``: the
+            triples touching head or tail); ``paths``: the triples on a path of at most
+            ``max_path_length`` edges between head and tail (min(d_h(a) + 1 + d_t(b),
+            d_h(b) + 1 + d_t(a)) <= L for a triple (a, r, b); the direct head-tail triples count as
+            length 1, and no longer path runs across them). Only the union over test triples is
+            streamed; non-candidates are NaN in the matrix and never in the top-k; candidates score
+            exactly as unfiltered. In self mode only the union's self-influence is computed.
+        hops: neighbourhood radius for ``candidates: neighbourhood`` (1 or more).
+        max_path_length: longest head-tail path for ``candidates: paths`` (1 or more).
+
+    Attributes:
+        maps: the label maps (None only for :meth:`from_tensors` without maps).
+        train_triples: ``(N, 3)`` training ids; ``train_source`` describes where they came from.
+        test_triples: ``(T, 3)`` test ids; ``test_index`` holds their rows in the test source,
+            described by ``test_source``.
+        candidate_filter: the :class:`~tracin_lightning.engine.candidates.CandidateFilter` once
+            :meth:`prepare_candidates` ran (``setup`` does); None without filtering.
+        candidate_rows: ``(K,)`` sorted training rows streamed (the union of candidates), or None.
+        candidate_counts: ``(T,)`` candidates per test triple, or None.
+    """
+
+    maps: LabelMaps | None
+    train_triples: Tensor
+    test_triples: Tensor
+    test_index: Tensor
+    train_source: str
+    test_source: str
+
+    def __init__(
+        self,
+        *,
+        dataset: str | None = None,
+        directory: str | None = None,
+        train_path: str | None = None,
+        test_path: str | None = None,
+        entity_to_id: str | None = None,
+        relation_to_id: str | None = None,
+        test_indices: list[int] | None = None,
+        num_test: int | None = None,
+        test_labels: list[list[str]] | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        node_names: str | None = None,
+        edge_map: str | None = None,
+        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        hops: int = 1,
+        max_path_length: int = 3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._set_loading(batch_size, num_workers)
+        self._set_candidates(candidates, hops, max_path_length)
+        given = {
+            name: value
+            for name, value in (("dataset", dataset), ("directory", directory), ("train_path", train_path))
+            if value is not None
+        }
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise TracInInputError(
+                f"give exactly one training triple source: dataset, directory or train_path (got {found})"
+            )
+        if train_path is None and (entity_to_id is not None or relation_to_id is not None):
+            raise TracInInputError(
+                "entity_to_id and relation_to_id apply only to train_path: "
+                f"the {next(iter(given))} brings its own maps"
+            )
+        if test_labels is not None and test_path is not None:
+            raise TracInInputError("give test_labels or test_path, not both")
+        if test_indices is not None and num_test is not None:
+            raise TracInInputError("give test_indices or num_test, not both")
+
+        default_test: Tensor | None = None
+        maps: LabelMaps
+        if dataset is not None:
+            training, testing = _load_dataset(dataset)
+            maps = LabelMaps.from_factory(training)
+            train, default_test = training.mapped_triples, testing.mapped_triples
+            self.train_source = f"PyKEEN dataset {dataset!r} (training split)"
+        elif directory is not None:
+            factory, folder = _load_directory(Path(directory))
+            maps = LabelMaps.from_factory(factory)
+            train = factory.mapped_triples
+            self.train_source = str(folder)
+        else:
+            if entity_to_id is None or relation_to_id is None:
+                missing = " and ".join(
+                    name
+                    for name, value in (("entity_to_id", entity_to_id), ("relation_to_id", relation_to_id))
+                    if value is None
+                )
+                raise TracInInputError(f"train_path {train_path} needs the map files: give {missing}")
+            maps = LabelMaps.from_files(entity_to_id, relation_to_id)
+            if str(train_path).endswith(".npy"):  # ids written by `tracin-lightning prepare`, memory-mapped
+                train = load_id_array(str(train_path), maps)
+            else:
+                train = read_labeled_triples(str(train_path), maps)
+            self.train_source = str(train_path)
+        if train.shape[0] == 0:
+            raise TracInInputError(f"no training triples in {self.train_source}")
+        self.maps, self.train_triples = maps, train.long()
+
+        if test_labels is not None:
+            test, self.test_source = maps.encode(test_labels, source="test_labels"), "test_labels"
+        elif test_path is not None:
+            test, self.test_source = read_labeled_triples(test_path, maps), str(test_path)
+        elif default_test is not None:
+            test, self.test_source = default_test, f"PyKEEN dataset {dataset!r} (testing split)"
+        else:
+            raise TracInInputError(f"no test triples for {self.train_source}: give test_path or test_labels")
+        if test.shape[0] == 0:
+            raise TracInInputError(f"no test triples selected from {self.test_source}: it holds none")
+        self.test_index = _select(test.shape[0], test_indices, num_test, self.test_source)
+        self.test_triples = test.long()[self.test_index]
+        self.names: Names | None = None
+        if node_names is not None or edge_map is not None:
+            self.names = Names(
+                entities={} if node_names is None else read_node_names(node_names, maps.entity_to_id),
+                relations={} if edge_map is None else read_edge_map(edge_map),
+            )
+
+    def _set_loading(self, batch_size: int, num_workers: int) -> None:
+        if batch_size < 1:
+            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise TracInInputError(f"num_workers must be 0 or more, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def _set_candidates(self, candidates: str, hops: int, max_path_length: int) -> None:
+        if candidates not in MODES:
+            raise TracInInputError(f"candidates must be one of {', '.join(MODES)}, got {candidates!r}")
+        for name, value in (("hops", hops), ("max_path_length", max_path_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RADIUS:
+                raise TracInInputError(f"{name} must be an integer from 1 to {MAX_RADIUS}, got {value!r}")
+        self.candidates, self.hops, self.max_path_length = candidates, hops, max_path_length
+        self.candidate_filter: CandidateFilter | None = None
+        self.candidate_rows: Tensor | None = None
+        self.candidate_counts: Tensor | None = None
+
+    @classmethod
+    def from_tensors(
+        cls,
+        train: Tensor,
+        test: Tensor,
+        *,
+        maps: LabelMaps | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        hops: int = 1,
+        max_path_length: int = 3,
+    ) -> TriplesDataModule:
+        """A datamodule over id tensors ``(N, 3)`` and ``(T, 3)``, without files.
+
+        Args:
+            train: training triples (ids).
+            test: test triples (ids); ``test_index`` is ``0 .. T-1``.
+            maps: label maps for readable output; ids are checked against them.
+            batch_size: training triples per prediction step.
+            num_workers: DataLoader worker processes.
+            candidates: candidate filtering, as in the constructor (``all``: none).
+            hops: neighbourhood radius.
+            max_path_length: longest head-tail path.
+
+        Raises:
+            TracInInputError: for a wrong shape or dtype, no triples, or ids outside the maps.
+        """
+        for name, triples in (("training triples", train), ("test triples", test)):
+            _check_ids(triples, maps, name)
+            if triples.shape[0] == 0:
+                raise TracInInputError(f"no {name} in the tensor")
+        module = cls.__new__(cls)
+        L.LightningDataModule.__init__(module)  # no files to read: skip __init__'s source handling
+        module._set_loading(batch_size, num_workers)
+        module._set_candidates(candidates, hops, max_path_length)
+        module.maps = maps
+        module.train_triples = train.detach().to("cpu", torch.long)
+        module.test_triples = test.detach().to("cpu", torch.long)
+        module.test_index = torch.arange(test.shape[0])
+        module.train_source = module.test_source = "tensors"
+        module.names = None
+        return module
+
+    @property
+    def num_entities(self) -> int | None:
+        """Entities in the maps (None without maps)."""
+        return None if self.maps is None else self.maps.num_entities
+
+    @property
+    def num_relations(self) -> int | None:
+        """Relations in the maps, without inverses (None without maps)."""
+        return None if self.maps is None else self.maps.num_relations
+
+    # ------------------------------------------------------------------------------------ candidates
+    def candidate_options(self) -> dict[str, Any]:
+        """The filter options that decide which rows are streamed and scored (for resume checks)."""
+        if self.candidates == "neighbourhood":
+            return {"candidates": "neighbourhood", "hops": self.hops}
+        if self.candidates == "paths":
+            return {"candidates": "paths", "max_path_length": self.max_path_length}
+        return {"candidates": "all"}
+
+    def prepare_candidates(self, device: torch.device | str | None = None) -> CandidateFilter | None:
+        """Build the candidate filter, its union of rows and its counts (once; ``setup`` calls this).
+
+        Args:
+            device: where to run the graph search and keep the distance arrays (the Trainer's root
+                device from ``setup``; CPU by default).
+
+        Returns:
+            The filter, or None when ``candidates`` is ``all``.
+        """
+        if self.candidates == "all" or self.candidate_filter is not None:
+            return self.candidate_filter
+        device = torch.device("cpu") if device is None else torch.device(device)
+        num_entities = self.num_entities
+        if num_entities is None:  # no maps: the ids seen
+            num_entities = 1 + max(
+                int(self.train_triples[:, [0, 2]].max()), int(self.test_triples[:, [0, 2]].max())
+            )
+        train = self.train_triples.to(device)
+        found = build_filter(
+            train,
+            self.test_triples.to(device),
+            num_entities=num_entities,
+            mode=self.candidates,
+            hops=self.hops,
+            max_path_length=self.max_path_length,
+        )
+        counts, rows = count_candidates(found, train)
+        del train
+        if rows.numel() == 0:
+            raise TracInInputError(
+                f"candidates: {self.candidates} ({self._radius_text()}) keeps no training triple for any "
+                f"of the {self.test_triples.shape[0]} test triples: nothing to score"
+            )
+        self.candidate_filter = found
+        self.candidate_rows, self.candidate_counts = rows.cpu(), counts.cpu()
+        return found
+
+    def _radius_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.candidate_options().items() if k != "candidates")
+
+    def candidate_info(self) -> dict[str, Any]:
+        """Filter options and counts for ``run.json``: kept triples per test triple and their union."""
+        info: dict[str, Any] = self.candidate_options()
+        info["num_train"] = int(self.train_triples.shape[0])
+        if self.candidate_rows is None or self.candidate_counts is None:
+            return info
+        info["union"] = int(self.candidate_rows.numel())
+        info["union_fraction"] = round(info["union"] / max(1, info["num_train"]), 6)
+        info["per_test"] = [int(c) for c in self.candidate_counts.tolist()]
+        return info
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.candidates != "all" and stage == "predict":
+            device = self.trainer.strategy.root_device if self.trainer is not None else None
+            self.prepare_candidates(device)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        if self.candidates != "all":
+            self.prepare_candidates()  # a no-op after setup
+        dataset = TripleBatches(self.train_triples, batch_size=self.batch_size, rows=self.candidate_rows)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if len(dataset) < world_size:
+            # Lightning's unrepeated predict sampler asserts that every rank gets at least one item
+            streamed = (
+                self.train_triples.shape[0] if self.candidate_rows is None else self.candidate_rows.numel()
+            )
+            raise TracInInputError(
+                f"{streamed} training triples in batches of {self.batch_size} make "
+                f"{len(dataset)} batch(es), fewer than the {world_size} processes: lower batch_size"
+            )
+        # batch_size=None: each item already is a whole batch; Lightning keeps it when it injects
+        # its distributed sampler, so rank r gets batches r, r + W, ...
+        return DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=self.num_workers, pin_memory=False
+        )
+
+
+def _select(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
+    """Rows of the test triples to keep."""
+    if test_indices is not None:
+        if not test_indices:
+            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
+        seen: set[int] = set()
+        for i in test_indices:
+            if not 0 <= i < size:
+                raise TracInInputError(
+                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
+                )
+            if i in seen:
+                raise TracInInputError(f"test index {i} is given twice")
+            seen.add(i)
+        return torch.tensor(test_indices, dtype=torch.long)
+    if num_test is not None:
+        if not 1 <= num_test <= size:
+            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
+        return torch.arange(num_test)
+    return torch.arange(size)
+
+
+def _load_dataset(name: str) -> tuple[Any, Any]:
+    """Training and testing factories of a PyKEEN dataset."""
+    from pykeen.datasets import get_dataset
+
+    try:
+        loaded = get_dataset(dataset=name)
+    except Exception as error:  # unknown name, failed download, ...: name what was asked for
+        raise TracInInputError(f"cannot load PyKEEN dataset {name!r}: {error}") from error
+    return loaded.training, loaded.testing
+
+
+def _load_directory(directory: Path) -> tuple[Any, Path]:
+    """The training factory of a ``save_to_directory`` folder, and the folder it was read from."""
+    from pykeen.triples import TriplesFactory
+
+    if not directory.is_dir():
+        raise TracInInputError(f"directory not found: {directory}")
+    folder = directory / "training_triples"
+    if not (folder / "base.pth").is_file():
+        if not (directory / "base.pth").is_file():
+            raise TracInInputError(
+                f"{directory} has no training_triples/base.pth: expected a folder written by PyKEEN's "
+                "save_to_directory (or TriplesFactory.to_path_binary)"
+            )
+        folder = directory
+    try:
+        factory = TriplesFactory.from_path_binary(folder)
+    except Exception as error:  # missing map file, corrupt archive: name the folder
+        raise TracInInputError(f"cannot read the PyKEEN triples in {folder}: {error}") from error
+    return factory, folder

@@ -1,0 +1,460 @@
+"""``TracInModule``: the LightningModule that turns a trained KGE model into an influence predictor."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from ..engine.adapters import resolve_adapter
+from ..engine.candidates import CandidateFilter
+from ..engine.gradients import PerSampleGradients, select_parameters
+from ..engine.influence import (
+    CheckpointState,
+    NonFiniteGradientError,
+    batch_influence,
+    batch_self_influence,
+    test_gradients,
+)
+from ..engine.losses import CustomTripleLoss, TripleLoss
+from ..engine.structure import SampleGradients
+from ..engine.topk import TopK
+from ..errors import TracInInputError
+from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
+from ..inputs.manifest import resolve_checkpoints
+
+__all__ = ["Mode", "TracInModule"]
+
+
+logger = logging.getLogger(__name__)
+
+
+Mode = Literal["influence", "self"]
+
+
+class TracInModule(L.LightningModule):
+    """Exact TracIn influence of training triples on test triples, one training batch per step.
+
+    The wrapped KGE model stays in eval mode (dropout off, BatchNorm on running statistics) and is
+    differentiated with ``torch.func`` (vmap over grad) per training triple. When prediction starts,
+    the test triples' gradients are computed once per checkpoint and cached; every ``predict_step``
+    then scores its training batch against all test triples at once.
+
+    Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
+    from the Trainer's datamodule (:class:`~tracin_lightning.TriplesDataModule`). A training batch
+    is a mapping ``{"triples": (B, 3), "index": (B,)}`` (as that datamodule yields) or, from your own
+    DataLoader, a plain ``(B, 3)`` id tensor whose rows are numbered 0, 1, ... in the order they arrive
+    (one process only: under DDP yield the mapping). Every ``trainer.predict`` starts afresh
+    (:meth:`reset_run_state`), so one module can serve several datamodules.
+
+    Candidate filtering is the datamodule's (``candidates``, ``hops``, ``max_path_length``): it streams
+    only the union of candidates, and this module takes its ``candidate_filter`` onto its own device
+    when prediction starts. In influence mode each batch's ``(T, B)`` candidate mask then keeps
+    non-candidate pairs out of the top-k and sets them to NaN in the returned ``influence`` (so in
+    ``influence_matrix.npy``); candidate scores are computed exactly as without filtering.
+
+    Args:
+        model: the trained KGE model: a PyKEEN ``save_to_directory`` folder, a pickled model file
+            (``trained_model.pkl``; unpickling runs code from the file), or an ``nn.Module`` with
+            ``score_hrt`` (and ``score_t`` for the ``ce`` loss).
+        checkpoints: TracInCP checkpoints: a manifest JSON (``TracInCheckpoint`` writes one), a folder
+            holding one, or a list of weight files (state dicts, Lightning ``.ckpt``, PyKEEN
+            checkpoints). None uses the model's own weights with ``learning_rate``.
+        learning_rates: one learning rate per checkpoint file (overrides those in a manifest).
+        learning_rate: the learning rate when ``checkpoints`` is None, or for every listed file.
+        loss: per-triple loss: ``bce`` = softplus(-f(h,r,t)) (BCE with logits against label 1),
+            ``score`` = -f(h,r,t), ``ce`` = softmax cross-entropy over all tails; PyKEEN-style
+            spellings such as ``BCEWithLogitsLoss`` or ``CrossEntropyLoss`` are accepted too (see
+            :func:`~tracin_lightning.engine.losses.resolve_loss`); run.json records the canonical name.
+        params: fnmatch patterns of the parameters to differentiate, e.g. ``["interaction.hr1d.*"]``
+            for ConvE's last layers; None selects every trainable parameter.
+        mode: ``influence`` (training x test influence, top-k per test triple) or ``self``
+            (self-influence of every training triple).
+        top_k: proponents and opponents kept per test triple (0 keeps none).
+        inverse: whether the model was trained with inverse triples; None reads it from the model.
+        factorize: use the exact row-sparse and rank-one fast paths; False differentiates every
+            parameter densely (slow; for checks).
+        compile: run the per-sample gradient function through ``torch.compile``.
+        test_batch_size: test triples per gradient call when caching the test gradients.
+        test_triples: ``(T, 3)`` test triple ids; None takes them from the datamodule.
+        loss_fn: your own per-triple loss ``loss_fn(model, hrt) -> (b,)`` instead of ``loss`` (for
+            models that are not PyKEEN's, or losses of your own); inverse triples are then yours to
+            handle. A 1-N loss wrapped in :class:`~tracin_lightning.engine.losses.OneToNLoss` takes
+            the rank-one path for embedding tables read whole. Parameters reached outside embedding
+            lookups and linear layers take the exact dense path automatically.
+
+    Example:
+        >>> from pykeen.datasets import Nations
+        >>> from pykeen.models import DistMult
+        >>> from tracin_lightning import TriplesDataModule
+        >>> dataset = Nations()
+        >>> kge = DistMult(triples_factory=dataset.training, embedding_dim=8, random_seed=0)
+        >>> data = TriplesDataModule.from_tensors(dataset.training.mapped_triples[:64],
+        ...                                       dataset.testing.mapped_triples[:3])
+        >>> trainer = L.Trainer(inference_mode=False, logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False)
+        >>> out = trainer.predict(TracInModule(model=kge, top_k=5), datamodule=data)
+        >>> out[0]["influence"].shape
+        torch.Size([3, 64])
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | nn.Module,
+        checkpoints: str | list[str] | None = None,
+        learning_rates: list[float] | None = None,
+        learning_rate: float = 1.0,
+        loss: str = "bce",
+        params: list[str] | None = None,
+        mode: Mode = "influence",
+        top_k: int = 10,
+        inverse: bool | None = None,
+        factorize: bool = True,
+        compile: bool = False,
+        test_batch_size: int = 256,
+        test_triples: Tensor | None = None,
+        loss_fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "test_triples", "loss_fn"])
+        if mode not in ("influence", "self"):
+            raise TracInInputError(f"mode must be 'influence' or 'self', got {mode!r}")
+        if top_k < 0:
+            raise TracInInputError(f"top_k must be >= 0, got {top_k}")
+        self.model_source = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+        self.kge_model = load_model(model)
+        self.inverse = (
+            resolve_adapter(self.kge_model).trained_with_inverse(self.kge_model)
+            if inverse is None
+            else inverse
+        )
+        self.triple_loss: TripleLoss | CustomTripleLoss = (
+            TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
+            if loss_fn is None
+            else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
+        )
+        self.loss_description = self.triple_loss.description  # the canonical loss name, or custom: ...
+        self.param_names = select_parameters(self.kge_model, params)
+        if not self.param_names:
+            raise TracInInputError("no trainable parameter selected")
+        self.checkpoint_list: list[Checkpoint] = resolve_checkpoints(
+            checkpoints, learning_rates=learning_rates, learning_rate=learning_rate
+        )
+        self.mode = mode
+        self.top_k = top_k
+        self.test_batch_size = test_batch_size
+        self.given_test_triples = test_triples  # test_triples is this run's, resolved at predict start
+        self.test_triples = test_triples
+        self._resolved_test: Tensor | None = None  # what the last run set test_triples to
+        self.gradients = PerSampleGradients(
+            loss=self.triple_loss, params=self.param_names, factorize=factorize, compile=compile
+        )
+        self.states: list[CheckpointState] = []
+        self.test_grads: list[SampleGradients] = []
+        self.topk: TopK | None = None
+        self.candidate_filter: CandidateFilter | None = None
+        self.triples_seen = 0
+        self.skip_batches: set[int] = set()  # batches (by first row) already done in a resumed run
+        self.next_row = 0  # the row number of the next plain (B, 3) batch
+
+    def reset_run_state(self) -> None:
+        """Forget everything of an earlier prediction run: test triples and their gradients, loaded
+        checkpoint states, top-k, candidate filter, resume skip set and counters.
+
+        Runs at ``setup("predict")`` (before callbacks such as the writer look at ``test_triples``) and
+        again at ``on_predict_start``, so one module serves several ``trainer.predict`` calls.
+        """
+        if self.test_triples is not self._resolved_test:  # set by the user since: theirs to keep
+            self.given_test_triples = self.test_triples
+        self.test_triples = self._resolved_test = self.given_test_triples
+        self.states = []
+        self.test_grads = []
+        self.topk = None
+        self.candidate_filter = None
+        self.triples_seen = 0
+        self.skip_batches = set()
+        self.next_row = 0
+
+    # ---------------------------------------------------------------- hooks
+    @override
+    def setup(self, stage: str) -> None:
+        if stage == "predict":
+            self.reset_run_state()
+
+    @override
+    def on_predict_start(self) -> None:
+        self.reset_run_state()
+        self._require_gradients()
+        self._check_maps()
+        self._load_checkpoints()
+        if self.mode == "influence":
+            self._cache_test_gradients()
+            self.candidate_filter = self._resolve_candidate_filter()
+
+    @override
+    def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor] | None:
+        triples, index = self._unpack(batch)
+        if self.skip_batches and int(index[0]) in self.skip_batches:
+            return None
+        triples = triples.to(self.device)
+        self._check_ids(triples, "training triples", index)
+        self.triples_seen += triples.shape[0]
+        try:
+            with torch.enable_grad():
+                if self.mode == "self":
+                    return {"index": index, "self_influence": self._self(triples)}
+                scores = batch_influence(self.gradients, self.states, self.test_grads, triples)
+        except NonFiniteGradientError as error:
+            raise self._non_finite(error, triples, index) from None
+        mask = None
+        if self.candidate_filter is not None:
+            mask = self.candidate_filter.mask(triples).to(scores.device)
+            scores = scores.masked_fill(~mask, float("nan"))  # the candidates' scores are untouched
+        if self.topk is not None:
+            self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
+        return {"index": index, "influence": scores}
+
+    def resume(self, *, done_batches: set[int], topk: TopK | None) -> None:
+        """Continue an interrupted run: skip the batches (by first row) already written, keep ``topk``.
+
+        Called by :class:`~tracin_lightning.lightning.writer.InfluenceWriter` at the first batch, after
+        ``on_predict_start`` has made a fresh top-k.
+        """
+        self.skip_batches = set(done_batches)
+        if topk is not None:
+            self.topk = topk.to(self.device)
+
+    # -------------------------------------------------------------- helpers
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``(triples (B, 3), index (B,))`` of a batch: a mapping as TripleBatches yields, or plain ids.
+
+        A plain ``(B, 3)`` tensor (or a one-tensor list/tuple, as ``TensorDataset`` gives) gets row numbers
+        counted in the order the batches arrive: right for one process reading its loader in order.
+        """
+        if isinstance(batch, (list, tuple)) and len(batch) == 1:
+            batch = batch[0]
+        if isinstance(batch, Tensor) and _is_triples(batch):
+            if self.trainer.world_size > 1:
+                raise TracInInputError(
+                    f"plain (B, 3) training batches carry no row numbers, so under {self.trainer.world_size} "
+                    "processes their rows cannot be numbered: yield {'triples': (B, 3), 'index': (B,)} "
+                    "with each row's number (as TriplesDataModule does), or run one process"
+                )
+            index = torch.arange(self.next_row, self.next_row + batch.shape[0])
+            self.next_row += batch.shape[0]
+            return batch, index
+        triples = batch.get("triples") if isinstance(batch, Mapping) else None
+        if isinstance(triples, Tensor) and _is_triples(triples):
+            rows = batch.get("index")
+            if (
+                isinstance(rows, Tensor)
+                and rows.ndim == 1
+                and rows.shape[0] == triples.shape[0]
+                and not rows.is_floating_point()
+                and not rows.is_complex()
+            ):
+                return triples, rows
+        raise TracInInputError(
+            "a training batch must be a (B, 3) integer tensor of (head, relation, tail) ids, or a mapping "
+            "{'triples': (B, 3) integer tensor, 'index': (B,) integer tensor of the rows' numbers}; "
+            f"got {_describe_batch(batch)}"
+        )
+
+    def _self(self, triples: Tensor) -> Tensor:
+        return batch_self_influence(self.gradients, self.states, triples)
+
+    def _require_gradients(self) -> None:
+        if self.trainer.predict_loop.inference_mode or torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "TracIn needs gradients, but the Trainer runs predict in inference mode: "
+                "create it with Trainer(inference_mode=False) (the tracin-lightning CLI does this)"
+            )
+        self.kge_model.eval()
+
+    def _check_maps(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        maps = getattr(datamodule, "maps", None)
+        if maps is None:
+            return
+        model = self.kge_model
+        for kind, in_maps, in_model in (
+            ("entities", maps.num_entities, getattr(model, "num_entities", None)),
+            ("relations", maps.num_relations, getattr(model, "num_real_relations", None)),
+        ):
+            if in_model is not None and in_maps != in_model:
+                source = getattr(datamodule, "train_source", "the data")
+                raise TracInInputError(
+                    f"the {kind} map of {source} has {in_maps} {kind} but the model "
+                    f"{self.model_source} has {in_model}: the maps do not belong to this model"
+                )
+
+    def _load_checkpoints(self) -> None:
+        own = {k: v.detach() for k, v in self.kge_model.state_dict(keep_vars=True).items()}
+        self.states = []
+        for checkpoint in self.checkpoint_list:
+            state = own if checkpoint.source is None else checkpoint.load(self.kge_model)
+            require_finite_weights(state, checkpoint)
+            state = {k: v.detach().to(self.device) for k, v in state.items()}
+            self.states.append(CheckpointState(state=state, learning_rate=checkpoint.learning_rate))
+        logger.info(
+            "TracIn over %d checkpoint(s) with learning rates %s", len(self.states), self.learning_rates
+        )
+
+    def _cache_test_gradients(self) -> None:
+        test = self._resolve_test_triples().to(self.device)
+        self._check_ids(test, "test triples", torch.arange(test.shape[0]))
+        with self.trainer.precision_plugin.forward_context(), torch.enable_grad():
+            try:
+                self.test_grads = test_gradients(
+                    self.gradients, self.states, test, batch_size=self.test_batch_size
+                )
+            except NonFiniteGradientError as error:
+                raise self._non_finite(error, test, torch.arange(test.shape[0]), what="test") from None
+        self.test_triples = self._resolved_test = test.cpu()
+        logger.info("parameter paths: %s", self.parameter_paths)
+        if self.top_k:
+            k = self.top_k
+            num_train = self._num_train()
+            if num_train is not None and k > num_train:
+                warnings.warn(
+                    f"top_k={k} is larger than the {num_train} training triples; using top_k={num_train}",
+                    stacklevel=2,
+                )
+                k = num_train
+            self.topk = TopK.empty(num_test=test.shape[0], k=k, device=self.device)
+
+    def _resolve_candidate_filter(self) -> CandidateFilter | None:
+        """The datamodule's candidate filter on this module's device, checked against the test triples."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        prepare = getattr(datamodule, "prepare_candidates", None)
+        found = prepare(self.device) if callable(prepare) else None  # normally done in setup already
+        if found is None:
+            return None
+        if self.test_triples is None or not torch.equal(found.test_triples.cpu(), self.test_triples.cpu()):
+            raise TracInInputError(
+                "the datamodule's candidate filter was built for its own test triples, which differ from "
+                "the module's test_triples: give the test triples to the datamodule only"
+            )
+        return found.to(self.device)
+
+    def _resolve_test_triples(self) -> Tensor:
+        test: Tensor | None = self.test_triples
+        if test is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            test = getattr(datamodule, "test_triples", None)
+            if test is None:
+                raise TracInInputError(
+                    "no test triples: pass test_triples=... or use a datamodule with test_triples"
+                )
+        if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:
+            raise TracInInputError(
+                f"test triples must be a non-empty (T, 3) tensor, got shape {tuple(test.shape)}"
+            )
+        return test.long()
+
+    def _num_train(self) -> int | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train = getattr(datamodule, "train_triples", None)
+        return None if train is None else int(train.shape[0])
+
+    def _check_ids(self, triples: Tensor, what: str, index: Tensor) -> None:
+        # Out-of-range ids would index a wrong row silently on some paths, or crash deep in PyKEEN.
+        num_entities = getattr(self.kge_model, "num_entities", None)
+        num_relations = getattr(
+            self.kge_model, "num_real_relations", getattr(self.kge_model, "num_relations", None)
+        )
+        for column, bound, kind in (
+            (0, num_entities, "entity"),
+            (1, num_relations, "relation"),
+            (2, num_entities, "entity"),
+        ):
+            if bound is None:
+                continue
+            bad = (triples[:, column] < 0) | (triples[:, column] >= bound)
+            if bool(bad.any()):
+                row = int(torch.nonzero(bad)[0])
+                raise TracInInputError(
+                    f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
+                    f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
+                    "(do the entity/relation maps belong to this model?)"
+                )
+
+    def _non_finite(
+        self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str = "training"
+    ) -> TracInInputError:
+        row = error.rows[0]
+        ids = tuple(int(x) for x in triples[row])
+        maps = getattr(getattr(self.trainer, "datamodule", None), "maps", None)
+        label = (
+            ids
+            if maps is None
+            else (maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2]))
+        )
+        source = self.checkpoint_list[error.checkpoint].name
+        return TracInInputError(
+            f"non-finite gradient for {what} triple {int(index[row])} {label} at checkpoint {source!r}"
+        )
+
+    # ------------------------------------------------------------ reporting
+    @property
+    def learning_rates(self) -> list[float]:
+        """Learning rate of each checkpoint, in order."""
+        return [c.learning_rate for c in self.checkpoint_list]
+
+    @property
+    def parameter_paths(self) -> dict[str, str]:
+        """Selected parameter name -> engine path (``rows``, ``linear-factored`` or ``dense``)."""
+        plan = self.gradients.plan
+        return {} if plan is None else plan.describe()
+
+    def run_info(self) -> dict[str, Any]:
+        """What this run computed, for ``run.json``."""
+        return {
+            "model": self.model_source,
+            "model_class": type(self.kge_model).__name__,
+            "inverse_triples": self.inverse,
+            "loss": self.loss_description,
+            "mode": self.mode,
+            "top_k": self.topk.k if self.topk is not None else self.top_k,
+            "checkpoints": [
+                {"name": c.name, "learning_rate": c.learning_rate, "epoch": c.epoch}
+                for c in self.checkpoint_list
+            ],
+            "parameters": self.parameter_paths or dict.fromkeys(self.param_names, "unplanned"),
+            "num_parameters": int(sum(self.kge_model.state_dict()[n].numel() for n in self.param_names)),
+        }
+
+    def test_triple_list(self) -> Sequence[Sequence[int]]:
+        """The test triples as id lists (after prediction started)."""
+        return [] if self.test_triples is None else self.test_triples.tolist()
+
+
+def _is_triples(value: Tensor) -> bool:
+    return (
+        value.ndim == 2
+        and value.shape[1] == 3
+        and value.shape[0] > 0
+        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    )
+
+
+def _describe_batch(batch: Any) -> str:
+    if isinstance(batch, Tensor):
+        return f"a {tuple(batch.shape)} {batch.dtype} tensor"
+    if isinstance(batch, Mapping):
+        parts = ", ".join(
+            f"{k!r}: {_describe_batch(v) if isinstance(v, Tensor) else type(v).__name__}"
+            for k, v in batch.items()
+        )
+        return "{" + parts + "}"
+    if isinstance(batch, (list, tuple)):
+        return f"a {type(batch).__name__} of {len(batch)} item(s)"
+    return type(batch).__name__

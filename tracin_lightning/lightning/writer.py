@@ -1,0 +1,402 @@
+"""``InfluenceWriter``: per-batch partial results on every rank, merged into the output files on rank 0."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+from typing_extensions import override
+
+from ..engine.topk import TopK, merge_topk
+from ..errors import TracInInputError
+from ..outputs.atomic import atomic_path, write_json
+from ..outputs.directory import require_writable_dir
+from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
+from .module import TracInModule
+from .resume import _changes, _fingerprint, _versions
+
+__all__ = ["PARTIAL", "InfluenceWriter"]
+
+
+PARTIAL = ".partial"
+
+
+class InfluenceWriter(BasePredictionWriter):
+    """Writes a :class:`~tracin_lightning.lightning.module.TracInModule` run to ``output_dir``.
+
+    Every rank appends its batches to its own partial files (no collective inside the loop, since
+    ranks may run different numbers of batches); when prediction ends, rank 0 merges them and writes
+    the final files atomically:
+
+    - ``influence_topk.csv``: top-k proponents and opponents per test triple (influence mode);
+    - ``self_influence.csv``: every training triple's self-influence, descending (self mode);
+    - ``influence_matrix.npy``: float32 ``(num_test, num_train)`` matrix (``save_matrix``); with
+      candidate filtering (the datamodule's ``candidates``) its columns are still every training
+      row, and non-candidate pairs are NaN;
+    - ``run.json``: what was computed, how, and how fast; ``candidates`` holds the filter options,
+      the candidates per test triple and the size of their union (the rows streamed).
+
+    With filtering, a test triple with fewer than ``top_k`` candidates gets fewer CSV rows.
+
+    Long runs survive interruption: every ``flush_every`` batches each rank makes its partial files
+    durable and records what it has done in ``output_dir/.partial/state.rank*.pt``. Rerunning the
+    same command continues after the last recorded chunk; a rerun that differs in the model,
+    checkpoints, options, triples, candidate filter, batch size, precision or world size is refused.
+
+    Args:
+        output_dir: folder for the results (created if missing).
+        save_matrix: also write the full influence matrix (``num_test x num_train`` float32).
+        flush_every: batches per recorded chunk.
+        resume: continue from recorded partial results in ``output_dir`` (False starts over).
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: str = "runs/tracin",
+        save_matrix: bool = False,
+        flush_every: int = 50,
+        resume: bool = True,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = require_writable_dir(output_dir)  # fail before any work, not after it
+        self.save_matrix = save_matrix
+        self.flush_every = max(1, flush_every)
+        self.resume = resume
+        self._started = 0.0
+        self._count = 0
+        self._batches = 0
+        self._done: list[int] = []
+        self._earlier_segments: list[float] = []  # wall seconds of the interrupted segments before this one
+        self._resumed: dict[str, Any] | None = None
+        self._fingerprint: dict[str, Any] = {}
+        self._files: dict[str, Any] = {}
+
+    @property
+    def partial_dir(self) -> Path:
+        """Where ranks keep their partial results until the merge."""
+        return self.output_dir / PARTIAL
+
+    def _state_path(self, rank: int) -> Path:
+        return self.partial_dir / f"state.rank{rank}.pt"
+
+    # ---------------------------------------------------------------- hooks
+    @override
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        self._count = self._batches = 0
+        self._done = []
+        self._earlier_segments = []
+        rank = trainer.global_rank
+        self._fingerprint = _fingerprint(trainer, pl_module, self.save_matrix)
+        self._resumed = self._load_state(trainer, rank) if self.resume else None
+        if self._resumed is None and rank == 0 and not self.resume:
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self._files = {}
+        if self.save_matrix or getattr(pl_module, "mode", None) == "self":
+            for name in ("values", "index"):
+                path = self.partial_dir / f"{name}.rank{rank}.bin"
+                handle = open(path, "r+b" if self._resumed else "wb")  # noqa: SIM115
+                if self._resumed:  # drop whatever was appended after the last recorded chunk
+                    handle.truncate(self._resumed["bytes"][name])
+                    handle.seek(0, 2)
+                self._files[name] = handle
+        if self._resumed:
+            self._count, self._batches = self._resumed["triples"], self._resumed["batches"]
+            self._done = list(self._resumed["done"])
+            self._earlier_segments = list(self._resumed["segments"])
+
+    def _load_state(self, trainer: L.Trainer, rank: int) -> dict[str, Any] | None:
+        path = self._state_path(rank)
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        old = state["fingerprint"]
+        if old != self._fingerprint:
+            differ = sorted(k for k in self._fingerprint if old.get(k) != self._fingerprint[k])
+            changes = _changes(old, self._fingerprint, getattr(trainer, "datamodule", None))
+            raise TracInInputError(
+                f"{self.output_dir} holds partial results of a different run "
+                f"(differs in: {', '.join(differ)}){''.join(f'; {c}' for c in changes)}; "
+                "refusing to mix them: use another output_dir, or delete "
+                f"{self.partial_dir} to start over"
+            )
+        return state
+
+    @override
+    def on_predict_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Runs after the module's on_predict_start, so the restored top-k is not reset by it.
+        if batch_idx == 0 and self._resumed is not None:
+            if not isinstance(pl_module, TracInModule):
+                raise TypeError(f"InfluenceWriter resumes a TracInModule, got {type(pl_module).__name__}")
+            pl_module.resume(done_batches=set(self._done), topk=self._resumed["topk"])
+
+    @override
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if prediction is None:  # a batch finished before an interruption
+            return
+        index: Tensor = prediction["index"]
+        self._count += int(index.numel())
+        self._batches += 1
+        self._done.append(int(index[0]))
+        if "values" in self._files:
+            values = (
+                prediction["self_influence"] if "self_influence" in prediction else prediction["influence"]
+            )
+            # (B,) or (T, B) -> B records of T float32 each, so each training row's column is contiguous
+            block = values.detach().float().reshape(-1, index.numel()).T.contiguous().cpu().numpy()
+            self._files["values"].write(block.tobytes())
+            self._files["index"].write(index.cpu().numpy().astype(np.int64).tobytes())
+        if self._batches % self.flush_every == 0:
+            self._save_state(trainer, pl_module)
+        self._show_rate(trainer)
+
+    def _segments(self) -> list[float]:
+        """Wall seconds of each segment of this run so far (an interrupted one up to its last record)."""
+        return [*self._earlier_segments, time.perf_counter() - self._started]
+
+    def _show_rate(self, trainer: L.Trainer) -> None:
+        # Lightning's bar counts batches (and estimates time left); show training triples per second too.
+        bar = getattr(trainer.progress_bar_callback, "predict_progress_bar", None)
+        elapsed = sum(self._segments())
+        if bar is not None and hasattr(bar, "set_postfix") and elapsed > 0:
+            bar.set_postfix({"triples/s": f"{self._count / elapsed:,.0f}"}, refresh=False)
+
+    def _save_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Make everything so far durable, then record it: a kill at any point loses at most one chunk."""
+        sizes = {}
+        for name, handle in self._files.items():
+            handle.flush()
+            os.fsync(handle.fileno())
+            sizes[name] = handle.tell()
+        topk = getattr(pl_module, "topk", None)
+        state = {
+            "fingerprint": self._fingerprint,
+            "rank": trainer.global_rank,
+            "triples": self._count,
+            "batches": self._batches,
+            "done": self._done,
+            "bytes": sizes,
+            "segments": self._segments(),
+            "topk": None if topk is None else topk.to("cpu"),
+        }
+        with atomic_path(self._state_path(trainer.global_rank)) as tmp:
+            torch.save(state, tmp)
+
+    @override
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_state(trainer, pl_module)
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+        trainer.strategy.barrier("tracin-writer-merge")
+        if trainer.is_global_zero:
+            self._merge(trainer, pl_module)
+        trainer.strategy.barrier("tracin-writer-done")
+
+    @override
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Recorded chunks stay for a resume; a run that recorded nothing leaves nothing behind.
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+        if not any(self.partial_dir.glob("state.rank*.pt")):
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- merge
+    def _merge(self, trainer: L.Trainer, pl_module: Any) -> None:
+        world = trainer.world_size
+        summaries = [torch.load(self._state_path(r), weights_only=False) for r in range(world)]
+        datamodule = getattr(trainer, "datamodule", None)
+        labels = _Labels(datamodule, pl_module)
+        num_train = sum(s["triples"] for s in summaries)
+        outputs: list[str] = []
+        if pl_module.mode == "influence":
+            tops = [s["topk"] for s in summaries if s["topk"] is not None]
+            if tops:
+                merged = tops[0]
+                for other in tops[1:]:
+                    merged = merge_topk(merged, other)
+                self._write_topk(merged, labels)
+                outputs.append("influence_topk.csv")
+            if self.save_matrix:
+                # columns are the training rows, whether or not a filter streamed them all
+                width = num_train if labels.train is None else max(num_train, int(labels.train.shape[0]))
+                self._write_matrix(world, len(labels.test), width, fill=num_train < width)
+                outputs.append("influence_matrix.npy")
+        else:
+            self._write_self(world, labels)
+            outputs.append("self_influence.csv")
+        summaries[0]["segments"] = self._segments()  # rank 0's last segment runs until now, merge included
+        segments = _segment_walls([s["segments"] for s in summaries])
+        wall = sum(segments)
+        train = getattr(datamodule, "train_triples", None)
+        info = {
+            **pl_module.run_info(),
+            "data": getattr(datamodule, "train_source", None),
+            "num_train": num_train,  # kept for older readers: the rows streamed
+            "num_train_streamed": num_train,
+            "num_train_total": None if train is None else int(train.shape[0]),
+            "num_test": len(labels.test) if pl_module.mode == "influence" else 0,
+            "candidates": _candidate_info(datamodule),
+            "per_rank": [
+                {
+                    "rank": s["rank"],
+                    "triples": s["triples"],
+                    "batches": s["batches"],
+                    "segment_wall_seconds": [round(x, 3) for x in s["segments"]],
+                }
+                for s in summaries
+            ],
+            "precision": str(trainer.precision),
+            "accelerator": type(trainer.accelerator).__name__,
+            "world_size": world,
+            "num_nodes": trainer.num_nodes,
+            "resumed": len(segments) > 1,
+            "segment_wall_seconds": [round(x, 3) for x in segments],
+            "wall_seconds": round(wall, 3),  # all segments: an interrupted one up to its last recorded chunk
+            "train_triples_per_second": round(num_train / wall, 1) if wall > 0 else None,
+            "outputs": outputs,
+            "names_missing": None
+            if labels.names is None
+            else {kind: len(missing) for kind, missing in labels.names.missing.items()},
+            "versions": _versions(),
+        }
+        write_json(self.output_dir / "run.json", info)
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+
+    def _write_topk(self, top: TopK, labels: _Labels) -> None:
+        with atomic_path(self.output_dir / "influence_topk.csv") as tmp, open(tmp, "w", newline="") as handle:
+            out = csv.writer(handle)
+            out.writerow(TOPK_COLUMNS + labels.name_columns(TOPK_NAME_COLUMNS))
+            for t in range(top.proponent_values.shape[0]):
+                test = [labels.test_index(t), *labels.test_triple(t)]
+                proponents, opponents = top.entries(t)  # without the padding of filtered-out pairs
+                for kind, entries in (("proponent", proponents), ("opponent", opponents)):
+                    for rank, (value, row) in enumerate(entries, start=1):
+                        train = labels.train_triple(row)
+                        names = labels.names_of(labels.test_triple(t)) + labels.names_of(train)
+                        out.writerow([*test, kind, rank, row, *train, _num(value), *names])
+
+    def _read_partials(self, world: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = [self._read_partials_rank(r, width) for r in range(world)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _write_matrix(self, world: int, num_test: int, num_train: int, *, fill: bool = False) -> None:
+        with atomic_path(self.output_dir / "influence_matrix.npy") as tmp:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_test, num_train))
+            if fill:  # rows no test triple had as a candidate were never streamed
+                for start in range(0, num_train, 1 << 20):
+                    matrix[:, start : start + (1 << 20)] = np.nan
+            for r in range(world):  # one rank at a time keeps memory at one rank's share
+                index, values = self._read_partials_rank(r, num_test)
+                matrix[:, index] = values.T
+            matrix.flush()
+            del matrix
+
+    def _read_partials_rank(self, rank: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        index = np.fromfile(self.partial_dir / f"index.rank{rank}.bin", dtype=np.int64)
+        values = np.fromfile(self.partial_dir / f"values.rank{rank}.bin", dtype=np.float32).reshape(-1, width)
+        return index, values
+
+    def _write_self(self, world: int, labels: _Labels) -> None:
+        index, values = self._read_partials(world, 1)
+        values = values[:, 0]
+        order = np.lexsort((index, -values))  # descending score, ties by row
+        with atomic_path(self.output_dir / "self_influence.csv") as tmp, open(tmp, "w", newline="") as handle:
+            out = csv.writer(handle)
+            out.writerow(SELF_COLUMNS + labels.name_columns(SELF_NAME_COLUMNS))
+            for row, value in zip(index[order].tolist(), values[order].tolist()):
+                train = labels.train_triple(row)
+                out.writerow([row, *train, _num(value), *labels.names_of(train)])
+
+
+class _Labels:
+    """Labels for output rows: from the datamodule's maps when it has them, else the ids."""
+
+    def __init__(self, datamodule: Any, pl_module: Any) -> None:
+        self.maps = getattr(datamodule, "maps", None)
+        self.names = getattr(datamodule, "names", None)
+        self.train = getattr(datamodule, "train_triples", None)
+        self.test = pl_module.test_triple_list()
+        test_index = getattr(datamodule, "test_index", None)
+        self._test_index = (
+            None if test_index is None or pl_module.test_triples is None else test_index.tolist()
+        )
+
+    def _label(self, ids: Sequence[int]) -> tuple[str, str, str]:
+        if self.maps is None:
+            return str(ids[0]), str(ids[1]), str(ids[2])
+        return (
+            self.maps.entity_label(ids[0]),
+            self.maps.relation_label(ids[1]),
+            self.maps.entity_label(ids[2]),
+        )
+
+    def name_columns(self, columns: tuple[str, ...]) -> tuple[str, ...]:
+        return () if self.names is None else columns
+
+    def names_of(self, triple: Sequence[str]) -> list[str]:
+        if self.names is None:
+            return []
+        head, relation, tail = triple
+        return [self.names.entity(head), self.names.relation(relation), self.names.entity(tail)]
+
+    def test_index(self, t: int) -> int:
+        return (
+            t if self._test_index is None or len(self._test_index) != len(self.test) else self._test_index[t]
+        )
+
+    def test_triple(self, t: int) -> tuple[str, str, str]:
+        return self._label(self.test[t])
+
+    def train_triple(self, row: int) -> tuple[str, str, str]:
+        if self.train is None:
+            return "", "", ""
+        return self._label(self.train[row].tolist())
+
+
+def _segment_walls(per_rank: list[list[float]]) -> list[float]:
+    """Each segment's wall time, the slowest rank's; lists are aligned at the end (the last segment is
+    everyone's), since a rank killed before its first record has one segment fewer."""
+    count = max(len(s) for s in per_rank)
+    padded = [[0.0] * (count - len(s)) + list(s) for s in per_rank]
+    return [max(column) for column in zip(*padded)]
+
+
+def _candidate_info(datamodule: Any) -> dict[str, Any]:
+    info = getattr(datamodule, "candidate_info", None)
+    return info() if callable(info) else {"candidates": "all"}
+
+
+def _num(value: float) -> str:
+    return f"{value:.9g}"
