@@ -372,23 +372,3 @@ def test_without_the_report_extra_only_the_report_fails(tmp_path: Path) -> None:
         'error: the report needs matplotlib: pip install "tracin-lightning[report]"'
     )
     assert not (tmp_path / "report").exists()
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tracin_lightning.evaluate",
-        "tracin_lightning.inputs.tsv",
-        "tracin_lightning.outputs.schema",
-        "tracin_lightning.report.graph",
-        "tracin_lightning.report.html",
-        "tracin_lightning.report.read",
-        "tracin_lightning.report.style",
-    ],
-)
-def test_docstring_examples_run(name: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0, result

@@ -47,6 +47,7 @@ __all__ = [
     "CandidateFilter",
     "bfs_distances",
     "build_filter",
+    "check_radius",
     "count_candidates",
     "undirected_adjacency",
 ]
@@ -58,6 +59,27 @@ MODES: tuple[str, ...] = ("all", "neighbourhood", "paths")
 UNREACHED = 255
 #: largest ``hops`` / ``max_path_length``: distances up to ``cap - 1`` must fit below ``UNREACHED``
 MAX_RADIUS = UNREACHED
+
+
+def check_radius(name: str, value: object) -> int:
+    """``value`` if it is a valid ``hops`` / ``max_path_length`` (an integer from 1 to :data:`MAX_RADIUS`).
+
+    Raises:
+        ValueError: naming ``name``, otherwise.
+
+    Example:
+        >>> check_radius("hops", 2)
+        2
+        >>> check_radius("hops", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: hops must be an integer from 1 to 255, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RADIUS:
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_RADIUS}, got {value!r}")
+    return value
+
+
 #: elements per expansion step of the search (bounds its temporary memory to a few hundred MB)
 _BUDGET = 1 << 23
 
@@ -251,9 +273,7 @@ def build_filter(
         radius = max_path_length
     else:
         raise ValueError(f"mode must be 'neighbourhood' or 'paths' to build a filter, got {mode!r}")
-    name = "hops" if mode == "neighbourhood" else "max_path_length"
-    if isinstance(radius, bool) or not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-        raise ValueError(f"{name} must be an integer in 1..{MAX_RADIUS}, got {radius!r}")
+    check_radius("hops" if mode == "neighbourhood" else "max_path_length", radius)
     device = train.device
     test = test.to(device, torch.long)
     rowptr, col = undirected_adjacency(train, num_entities)

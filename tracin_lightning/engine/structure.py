@@ -1,6 +1,6 @@
 """Compact per-sample gradients and their exact inner products.
 
-A per-sample gradient of a KGE model is stored in three reduced forms (see ``ENGINE.md``):
+A per-sample gradient of a KGE model is stored in these reduced forms:
 
 - ``rows``: for an embedding table, the gradient with respect to the rows a triple looked up, with
   the ids of those rows. The dense gradient is the scatter-add of these rows into the table.
@@ -9,7 +9,8 @@ A per-sample gradient of a KGE model is stored in three reduced forms (see ``ENG
   ``sum_p g_p a_p^T``; a bias is folded in by appending a constant 1 to ``a``.
 - ``tables``: for an embedding table that a 1-N loss reads whole (scores against every entity), the
   rank-one terms ``p (x) q`` of that read: ``p`` the loss gradient with respect to the scores of all
-  entities, ``q`` the gradient of one score with respect to its entity's row (``ENGINE.md``, Fact 3).
+  entities, ``q`` the gradient of one score with respect to its entity's row (a score is linear in
+  its own entity's row, so the read's table gradient is ``p q^T``).
   The table's dense gradient is the ``rows`` scatter plus ``sum_r p_r q_r^T``.
 - ``dense``: everything else, flattened.
 

@@ -103,6 +103,8 @@ def write_manifest(directory: str | Path, checkpoints: Sequence[Checkpoint]) -> 
 
     Example:
         >>> import tempfile
+        >>> import torch
+        >>> from torch import nn
         >>> folder = Path(tempfile.mkdtemp())
         >>> torch.save(nn.Linear(2, 2).state_dict(), folder / "epoch_0001.pt")
         >>> path = write_manifest(folder, [Checkpoint("epoch_0001.pt", 0.1, folder / "epoch_0001.pt", 1)])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ..engine.adapters import resolve_adapter
 from ..engine.candidates import CandidateFilter
 from ..engine.gradients import PerSampleGradients, select_parameters
 from ..engine.influence import (
@@ -69,7 +70,9 @@ class TracInModule(L.LightningModule):
         learning_rates: one learning rate per checkpoint file (overrides those in a manifest).
         learning_rate: the learning rate when ``checkpoints`` is None, or for every listed file.
         loss: per-triple loss: ``bce`` = softplus(-f(h,r,t)) (BCE with logits against label 1),
-            ``score`` = -f(h,r,t), ``ce`` = softmax cross-entropy over all tails.
+            ``score`` = -f(h,r,t), ``ce`` = softmax cross-entropy over all tails; PyKEEN-style
+            spellings such as ``BCEWithLogitsLoss`` or ``CrossEntropyLoss`` are accepted too (see
+            :func:`~tracin_lightning.engine.losses.resolve_loss`); run.json records the canonical name.
         params: fnmatch patterns of the parameters to differentiate, e.g. ``["interaction.hr1d.*"]``
             for ConvE's last layers; None selects every trainable parameter.
         mode: ``influence`` (training x test influence, top-k per test triple) or ``self``
@@ -83,8 +86,9 @@ class TracInModule(L.LightningModule):
         test_triples: ``(T, 3)`` test triple ids; None takes them from the datamodule.
         loss_fn: your own per-triple loss ``loss_fn(model, hrt) -> (b,)`` instead of ``loss`` (for
             models that are not PyKEEN's, or losses of your own); inverse triples are then yours to
-            handle. Parameters reached outside embedding lookups and linear layers take the exact
-            dense path automatically.
+            handle. A 1-N loss wrapped in :class:`~tracin_lightning.engine.losses.OneToNLoss` takes
+            the rank-one path for embedding tables read whole. Parameters reached outside embedding
+            lookups and linear layers take the exact dense path automatically.
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -108,7 +112,7 @@ class TracInModule(L.LightningModule):
         checkpoints: str | list[str] | None = None,
         learning_rates: list[float] | None = None,
         learning_rate: float = 1.0,
-        loss: Literal["bce", "score", "ce"] = "bce",
+        loss: str = "bce",
         params: list[str] | None = None,
         mode: Mode = "influence",
         top_k: int = 10,
@@ -128,16 +132,16 @@ class TracInModule(L.LightningModule):
         self.model_source = str(model) if isinstance(model, (str, Path)) else type(model).__name__
         self.kge_model = load_model(model)
         self.inverse = (
-            bool(getattr(self.kge_model, "use_inverse_triples", False)) if inverse is None else inverse
+            resolve_adapter(self.kge_model).trained_with_inverse(self.kge_model)
+            if inverse is None
+            else inverse
         )
-        self.triple_loss: nn.Module = (
+        self.triple_loss: TripleLoss | CustomTripleLoss = (
             TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
             if loss_fn is None
             else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
         )
-        self.loss_description = (
-            loss if loss_fn is None else f"custom: {getattr(loss_fn, '__qualname__', loss_fn)!s}"
-        )
+        self.loss_description = self.triple_loss.description  # the canonical loss name, or custom: ...
         self.param_names = select_parameters(self.kge_model, params)
         if not self.param_names:
             raise TracInInputError("no trainable parameter selected")
