@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TracInInputError
-from .maps import LabelMaps
+from .maps import LabelMaps, first_out_of_range
 from .tsv import read_chunks as _read_chunks
 from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
@@ -97,14 +97,16 @@ def load_id_array(path: str | Path, maps: LabelMaps) -> Tensor:
         raise TracInInputError(
             f"{path}: expected an (N, 3) int64 id array, found {array.shape} {array.dtype}"
         )
-    for column, bound, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation"),
-                                (2, maps.num_entities, "entity")):  # fmt: skip
-        for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
-            values = array[start : start + (1 << 22), column]
-            if values.size and (values.min() < 0 or values.max() >= bound):
-                row = start + int(np.nonzero((values < 0) | (values >= bound))[0][0])
-                raise TracInInputError(f"{path}: row {row} has {kind} id {int(array[row, column])}, "
-                                       f"but the maps have {bound} {_plural(kind)}")  # fmt: skip
+    for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
+        chunk = torch.from_numpy(np.array(array[start : start + (1 << 22)]))
+        found = first_out_of_range(chunk, num_entities=maps.num_entities, num_relations=maps.num_relations)
+        if found is not None:
+            row, column, bound = start + found[0], found[1], found[2]
+            kind = "relation" if column == 1 else "entity"
+            raise TracInInputError(
+                f"{path}: row {row} has {kind} id {int(array[row, column])}, "
+                f"but the maps have {bound} {_plural(kind)}"
+            )
     with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
