@@ -15,7 +15,14 @@ from .tsv import read_chunks as _read_chunks
 from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
-__all__ = ["load_id_array", "prepare_id_array", "read_labeled_triples"]
+__all__ = [
+    "load_id_array",
+    "prepare_id_array",
+    "read_labeled_triples",
+    "read_test_triples",
+    "read_train_triples",
+    "select_rows",
+]
 
 
 def read_labeled_triples(path: str | Path, maps: LabelMaps) -> Tensor:
@@ -110,3 +117,65 @@ def load_id_array(path: str | Path, maps: LabelMaps) -> Tensor:
     with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
+
+
+def read_train_triples(path: str | Path, maps: LabelMaps) -> Tensor:
+    """Training ids from labelled text (:func:`read_labeled_triples`) or a ``.npy`` array (memory-mapped)."""
+    if str(path).endswith(".npy"):  # ids written by `tracin-lightning prepare`
+        return load_id_array(str(path), maps)
+    return read_labeled_triples(str(path), maps)
+
+
+def read_test_triples(
+    maps: LabelMaps | None,
+    *,
+    test_labels: list[list[str]] | None,
+    test_path: str | None,
+    default: tuple[Tensor, str] | None,
+    train_source: str,
+) -> tuple[Tensor, str]:
+    """Test ids and where they came from: ``test_labels``, else ``test_path``, else ``default``.
+
+    Raises:
+        TracInInputError: for labels without maps, unknown labels (named), or no test source at all.
+    """
+    if (test_labels is not None or test_path is not None) and maps is None:
+        raise TracInInputError("test_labels and test_path need label maps")
+    if test_labels is not None:
+        assert maps is not None
+        return maps.encode(test_labels, source="test_labels"), "test_labels"
+    if test_path is not None:
+        assert maps is not None
+        return read_labeled_triples(test_path, maps), str(test_path)
+    if default is not None:
+        return default
+    raise TracInInputError(f"no test triples for {train_source}: give test_path or test_labels")
+
+
+def select_rows(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
+    """Rows of the test triples to keep: ``test_indices``, the first ``num_test``, or all.
+
+    Example:
+        >>> select_rows(5, [3, 0], None, "test.txt").tolist(), select_rows(5, None, 2, "test.txt").tolist()
+        ([3, 0], [0, 1])
+    """
+    if size == 0:
+        raise TracInInputError(f"no test triples selected from {source}: it holds none")
+    if test_indices is not None:
+        if not test_indices:
+            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
+        seen: set[int] = set()
+        for i in test_indices:
+            if not 0 <= i < size:
+                raise TracInInputError(
+                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
+                )
+            if i in seen:
+                raise TracInInputError(f"test index {i} is given twice")
+            seen.add(i)
+        return torch.tensor(test_indices, dtype=torch.long)
+    if num_test is not None:
+        if not 1 <= num_test <= size:
+            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
+        return torch.arange(num_test)
+    return torch.arange(size)

@@ -17,7 +17,7 @@ from ..engine.candidates import MODES, CandidateFilter, build_filter, count_cand
 from ..errors import TracInInputError
 from ..inputs.maps import LabelMaps, _check_ids
 from ..inputs.names import Names, read_edge_map, read_node_names
-from ..inputs.triples import load_id_array, read_labeled_triples
+from ..inputs.triples import read_test_triples, read_train_triples, select_rows
 from ..inputs.tsv import read_tsv_rows as read_tsv_rows
 from .contracts import PredictionInputs
 
@@ -429,29 +429,17 @@ class TriplesDataModule(L.LightningDataModule):
         else:
             assert h.train_path is not None and h.entity_to_id is not None and h.relation_to_id is not None
             maps = LabelMaps.from_files(h.entity_to_id, h.relation_to_id)
-            if str(h.train_path).endswith(".npy"):  # ids written by `tracin-lightning prepare`, memory-mapped
-                train = load_id_array(str(h.train_path), maps)
-            else:
-                train = read_labeled_triples(str(h.train_path), maps)
-            train_source = str(h.train_path)
+            train, train_source = read_train_triples(h.train_path, maps), str(h.train_path)
         if train.shape[0] == 0:
             raise TracInInputError(f"no training triples in {train_source}")
-
-        if h.test_labels is not None:
-            if maps is None:  # tensors without maps: nothing to encode labels with
-                raise TracInInputError("test_labels need label maps")
-            test, test_source = maps.encode(h.test_labels, source="test_labels"), "test_labels"
-        elif h.test_path is not None:
-            if maps is None:
-                raise TracInInputError("test_path needs label maps")
-            test, test_source = read_labeled_triples(h.test_path, maps), str(h.test_path)
-        elif default_test is not None:
-            test, test_source = default_test, test_default_source
-        else:
-            raise TracInInputError(f"no test triples for {train_source}: give test_path or test_labels")
-        if test.shape[0] == 0:
-            raise TracInInputError(f"no test triples selected from {test_source}: it holds none")
-        test_index = _select(test.shape[0], h.test_indices, h.num_test, test_source)
+        test, test_source = read_test_triples(
+            maps,
+            test_labels=h.test_labels,
+            test_path=h.test_path,
+            default=None if default_test is None else (default_test, test_default_source),
+            train_source=train_source,
+        )
+        test_index = select_rows(test.shape[0], h.test_indices, h.num_test, test_source)
         names = None
         if h.node_names is not None or h.edge_map is not None:
             if maps is None:
@@ -633,28 +621,6 @@ def _check_radius(mode: Literal["neighbourhood", "paths"], radius: int) -> None:
         build_filter(empty, empty, num_entities=0, mode=mode, **{key: radius})
     except ValueError as error:
         raise TracInInputError(str(error)) from None
-
-
-def _select(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
-    """Rows of the test triples to keep."""
-    if test_indices is not None:
-        if not test_indices:
-            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
-        seen: set[int] = set()
-        for i in test_indices:
-            if not 0 <= i < size:
-                raise TracInInputError(
-                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
-                )
-            if i in seen:
-                raise TracInInputError(f"test index {i} is given twice")
-            seen.add(i)
-        return torch.tensor(test_indices, dtype=torch.long)
-    if num_test is not None:
-        if not 1 <= num_test <= size:
-            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
-        return torch.arange(num_test)
-    return torch.arange(size)
 
 
 def _load_dataset(name: str) -> tuple[Any, Any]:
