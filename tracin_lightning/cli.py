@@ -253,7 +253,9 @@ def predict(args: list[str]) -> None:
         save_config_callback=WriterConfigCallback,
         auto_configure_optimizers=False,
         seed_everything_default=False,  # nothing is random in TracIn; seeding only printed two lines
-        args=["predict", *args],
+        # from the console sys.argv already holds these (LightningCLI warns when given both, and DDP
+        # relaunches sys.argv); from Python (tests, notebooks) they are passed
+        args=None if sys.argv[1:] == ["predict", *args] else ["predict", *args],
     )
 
 
