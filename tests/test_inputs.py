@@ -442,3 +442,26 @@ def test_nan_or_inf_in_the_weights_names_parameter_and_checkpoint(
     ):
         run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=[str(poisoned)])
     assert_no_output(tmp_path)
+
+
+def test_evaluate_reads_a_file_run_like_the_datamodule(
+    nations_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from tracin_lightning.cli import _run_triples
+
+    config = {
+        "train_path": str(nations_files["train"]),
+        "test_path": str(nations_files["test"]),
+        "entity_to_id": str(nations_files["entity_to_id"]),
+        "relation_to_id": str(nations_files["relation_to_id"]),
+        "test_indices": [7, 2],
+        "batch_size": 64,  # options evaluate does not need are ignored
+    }
+    maps, train, test = _run_triples(config, tmp_path / "config.yaml")
+    data = TriplesDataModule(**config)
+    assert (
+        maps == data.maps and torch.equal(train, data.train_triples) and torch.equal(test, data.test_triples)
+    )
+    assert test.shape == (2, 3)
+    with pytest.raises(TracInInputError, match=r"test index 201 is out of range"):
+        _run_triples({**config, "test_indices": [201]}, tmp_path / "config.yaml")
