@@ -51,7 +51,11 @@ class TracInModule(L.LightningModule):
     then scores its training batch against all test triples at once.
 
     Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
-    from the Trainer's datamodule (:class:`~tracin_lightning.TriplesDataModule`). A training batch
+    from the Trainer's datamodule: any datamodule with ``prediction_inputs()`` returning a
+    :class:`~tracin_lightning.lightning.contracts.PredictionInputs` (as
+    :class:`~tracin_lightning.TriplesDataModule` does) also gives the label maps, the training-set
+    size and the candidate filter. The writer reads the run through :meth:`run_record` and resumes
+    it through :meth:`resume` (see :mod:`~tracin_lightning.lightning.contracts`). A training batch
     is a mapping ``{"triples": (B, 3), "index": (B,)}`` (as that datamodule yields) or, from your own
     DataLoader, a plain ``(B, 3)`` id tensor whose rows are numbered 0, 1, ... in the order they arrive
     (one process only: under DDP yield the mapping). Every ``trainer.predict`` starts afresh
