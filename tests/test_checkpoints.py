@@ -385,7 +385,8 @@ def test_bad_manifests(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     cases = {
         "{not json": r"bad.json is not a checkpoint manifest: invalid JSON",
-        "[]": r'bad.json is not a checkpoint manifest: no "checkpoints" list',
+        "[]": r"bad.json is not a checkpoint manifest: expected a JSON object, found list",
+        "{}": r'bad.json is not a checkpoint manifest: no "checkpoints" list',
         '{"checkpoints": []}': r"bad.json lists no checkpoints",
         '{"checkpoints": [{"path": "a.pt"}]}': r"bad.json, checkpoint 0 lacks 'learning_rate'",
         '{"checkpoints": [{"learning_rate": 0.1}]}': r"bad.json, checkpoint 0 lacks 'path'",

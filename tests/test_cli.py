@@ -238,3 +238,16 @@ def test_os_errors_read_as_one_line() -> None:
         "out cannot be a folder: f is a file"
     )
     assert _one_line(ValueError("first\n  second")) == "first second"
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys) -> None:
+    from tracin_lightning.cli import SUBCOMMANDS
+
+    main(["--help"])
+    shown = capsys.readouterr().out
+    for name in ("predict", "prepare", "evaluate", "report"):
+        (line,) = [row for row in shown.splitlines() if row.split()[:1] == [name]]
+        assert SUBCOMMANDS[name].help in line
+    with pytest.raises(SystemExit) as stopped:
+        main(["explain-everything"])
+    assert stopped.value.code == 2 and "unknown subcommand 'explain-everything'" in capsys.readouterr().err

@@ -283,11 +283,11 @@ def test_directory_source(nations, tmp_path: Path) -> None:
         assert data.test_index.tolist() == [0, 1]
         assert data.maps.labels(data.test_triples) == [tuple(t) for t in labels]
     with error(r"has no training_triples/base.pth"):
-        TriplesDataModule(directory=str(tmp_path), test_labels=labels)
+        TriplesDataModule(directory=str(tmp_path), test_labels=labels).setup("predict")
     with error(r"directory not found"):
-        TriplesDataModule(directory=str(tmp_path / "nope"), test_labels=labels)
+        TriplesDataModule(directory=str(tmp_path / "nope"), test_labels=labels).setup("predict")
     with error(r"no test triples for .*: give test_path or test_labels"):
-        TriplesDataModule(directory=str(tmp_path / "run"))
+        TriplesDataModule(directory=str(tmp_path / "run")).setup("predict")
 
 
 def test_file_source(files: dict[str, str], tmp_path: Path) -> None:
@@ -324,33 +324,33 @@ def test_file_source(files: dict[str, str], tmp_path: Path) -> None:
 )
 def test_bad_datamodule_arguments(files: dict[str, str], change: dict, message: str) -> None:
     with error(message):
-        TriplesDataModule(**{**files, **change})
+        TriplesDataModule(**{**files, **change}).setup("predict")
 
 
 def test_unknown_labels_in_files_and_test_labels(files: dict[str, str], tmp_path: Path) -> None:
     bad = write(tmp_path / "bad_test.txt", "usa\tembassy\tbrazil\nusa\tinvades\tbrazil\n")
     with error(rf"{re.escape(str(bad))}:2: unknown relation label 'invades'"):
-        TriplesDataModule(**{**files, "test_path": str(bad)})
+        TriplesDataModule(**{**files, "test_path": str(bad)}).setup("predict")
     labels = [["usa", "embassy", "brazil"], ["usa", "embassy", "atlantis"]]
     with error(r"test_labels\[1\]: unknown entity label 'atlantis'"):
-        TriplesDataModule(**{**files, "test_path": None, "test_labels": labels})
+        TriplesDataModule(**{**files, "test_path": None, "test_labels": labels}).setup("predict")
 
 
 def test_empty_training_and_test_sets(files: dict[str, str], tmp_path: Path) -> None:
     empty = str(write(tmp_path / "empty.txt", "\n\n"))
     with error(rf"no training triples in {re.escape(empty)}"):
-        TriplesDataModule(**{**files, "train_path": empty})
+        TriplesDataModule(**{**files, "train_path": empty}).setup("predict")
     with error(rf"no test triples selected from {re.escape(empty)}: it holds none"):
-        TriplesDataModule(**{**files, "test_path": empty})
+        TriplesDataModule(**{**files, "test_path": empty}).setup("predict")
     with error(r"no test triples selected from test_labels"):
-        TriplesDataModule(**{**files, "test_path": None, "test_labels": []})
+        TriplesDataModule(**{**files, "test_path": None, "test_labels": []}).setup("predict")
 
 
 def test_dataset_errors(files: dict[str, str]) -> None:
     with error(r"entity_to_id and relation_to_id apply only to train_path: the dataset brings its own"):
         TriplesDataModule(dataset="nations", entity_to_id=files["entity_to_id"])
     with error(r"cannot load PyKEEN dataset 'no_such_dataset'"):
-        TriplesDataModule(dataset="no_such_dataset")
+        TriplesDataModule(dataset="no_such_dataset").setup("predict")
 
 
 def test_from_tensors(maps: LabelMaps) -> None:
@@ -371,6 +371,41 @@ def test_from_tensors(maps: LabelMaps) -> None:
     ]:
         with error(message):
             TriplesDataModule.from_tensors(bad, train, maps=maps)
+
+
+def test_construction_reads_nothing_and_setup_reads_once(files: dict[str, str], tmp_path: Path) -> None:
+    gone = {**files, "test_path": str(tmp_path / "gone.txt")}
+    data = TriplesDataModule(**gone)  # a missing file is not touched before setup
+    assert data.hparams["test_path"] == gone["test_path"]
+    with error(r"gone.txt"):
+        data.setup("predict")
+    data = TriplesDataModule(**files)
+    data.setup("predict")
+    first = data.train_triples
+    data.setup("predict")
+    assert data.train_triples is first  # read once, then kept
+
+
+def test_every_constructor_saves_hyperparameters(nations, maps: LabelMaps) -> None:
+    train = torch.tensor([[0, 0, 3], [2, 1, 1]])
+    data = TriplesDataModule.from_tensors(train, train[:1], maps=maps, batch_size=7, candidates="paths")
+    assert data.hparams["batch_size"] == 7 and data.hparams["candidates"] == "paths"
+    assert data.hparams["tensors"] == "tensors: train (2, 3), test (1, 3), with maps"
+    factory = TriplesDataModule.from_factory(nations.training, nations.testing, test_indices=[3, 1])
+    assert factory.hparams["test_indices"] == [3, 1] and "TriplesFactory" in factory.hparams["tensors"]
+    assert torch.equal(factory.test_triples, nations.testing.mapped_triples[[3, 1]])
+    assert factory.test_index.tolist() == [3, 1] and factory.maps == LabelMaps.from_factory(nations.training)
+    ids = TriplesDataModule.from_factory(nations.training, nations.testing.mapped_triples[:2])
+    assert ids.maps == factory.maps and ids.test_triples.shape == (2, 3)
+
+
+def test_from_factory_refuses_a_testing_factory_with_other_maps(nations) -> None:
+    from pykeen.triples import TriplesFactory
+
+    labels = nations.testing.triples[:5]
+    other = TriplesFactory.from_labeled_triples(labels)  # its own, smaller maps: ids mean other labels
+    with error(r"other entity/relation maps than the training factory"):
+        TriplesDataModule.from_factory(nations.training, other)
 
 
 def test_more_processes_than_batches_is_a_clear_error() -> None:

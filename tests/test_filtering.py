@@ -197,9 +197,9 @@ def test_default_is_unfiltered(capsys) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"candidates": "neighbourhood", "hops": 0}, "hops must be an integer from 1 to 255, got 0"),
-        ({"candidates": "paths", "max_path_length": 0}, "max_path_length must be an integer from 1 to 255"),
-        ({"candidates": "paths", "max_path_length": 300}, "max_path_length must be an integer from 1 to 255"),
+        ({"candidates": "neighbourhood", "hops": 0}, "hops must be an integer in 1..255, got 0"),
+        ({"candidates": "paths", "max_path_length": 0}, "max_path_length must be an integer in 1..255"),
+        ({"candidates": "paths", "max_path_length": 300}, "max_path_length must be an integer in 1..255"),
         (
             {"candidates": "neighborhood"},
             "candidates must be one of all, neighbourhood, paths, got 'neighborhood'",

@@ -82,7 +82,7 @@ def test_malformed_line_names_file_and_line(nations_files, tmp_path: Path) -> No
             test_path=str(nations_files["test"]),
             entity_to_id=str(nations_files["entity_to_id"]),
             relation_to_id=str(nations_files["relation_to_id"]),
-        )
+        ).setup("predict")
 
 
 def test_maps_that_disagree_with_the_model(saved_conve, nations_files, tmp_path: Path) -> None:
@@ -154,9 +154,13 @@ def test_empty_training_and_test_sets(nations_files, tmp_path: Path) -> None:
         "relation_to_id": str(nations_files["relation_to_id"]),
     }
     with pytest.raises(TracInInputError, match=rf"no training triples in {empty}"):
-        TriplesDataModule(train_path=str(empty), test_path=str(nations_files["test"]), **maps)
+        TriplesDataModule(train_path=str(empty), test_path=str(nations_files["test"]), **maps).setup(
+            "predict"
+        )
     with pytest.raises(TracInInputError, match=rf"no test triples selected from {empty}"):
-        TriplesDataModule(train_path=str(nations_files["train"]), test_path=str(empty), **maps)
+        TriplesDataModule(train_path=str(nations_files["train"]), test_path=str(empty), **maps).setup(
+            "predict"
+        )
 
 
 def test_top_k_larger_than_training_set_is_clamped(trained, tmp_path: Path) -> None:
@@ -237,7 +241,9 @@ def test_prepared_id_array_is_memory_mapped(nations_files, tmp_path: Path) -> No
     with pytest.raises(
         TracInInputError, match=rf"{bad}: row 0 has entity id 99, but the maps have 14 entities"
     ):
-        TriplesDataModule(train_path=str(bad), test_path=str(nations_files["test"]), **kwargs)
+        TriplesDataModule(train_path=str(bad), test_path=str(nations_files["test"]), **kwargs).setup(
+            "predict"
+        )
 
 
 # ------------------------------------------------------------------------- broken files and values
@@ -436,3 +442,26 @@ def test_nan_or_inf_in_the_weights_names_parameter_and_checkpoint(
     ):
         run_cli(tmp_path, saved_conve, {"dataset": "nations", "num_test": 2}, checkpoints=[str(poisoned)])
     assert_no_output(tmp_path)
+
+
+def test_evaluate_reads_a_file_run_like_the_datamodule(
+    nations_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from tracin_lightning.cli import _run_triples
+
+    config = {
+        "train_path": str(nations_files["train"]),
+        "test_path": str(nations_files["test"]),
+        "entity_to_id": str(nations_files["entity_to_id"]),
+        "relation_to_id": str(nations_files["relation_to_id"]),
+        "test_indices": [7, 2],
+        "batch_size": 64,  # options evaluate does not need are ignored
+    }
+    maps, train, test = _run_triples(config, tmp_path / "config.yaml")
+    data = TriplesDataModule(**config)
+    assert (
+        maps == data.maps and torch.equal(train, data.train_triples) and torch.equal(test, data.test_triples)
+    )
+    assert test.shape == (2, 3)
+    with pytest.raises(TracInInputError, match=r"test index 201 is out of range"):
+        _run_triples({**config, "test_indices": [201]}, tmp_path / "config.yaml")

@@ -1,4 +1,7 @@
-"""``tracin-lightning predict --config run.yaml``: LightningCLI over TracInModule and TriplesDataModule."""
+"""``tracin-lightning SUBCOMMAND ...``: ``predict`` is a LightningCLI over TracInModule and TriplesDataModule;
+``prepare``, ``evaluate`` and ``report`` are small argparse commands. Each is one entry of
+:data:`SUBCOMMANDS` (name -> help line and function), which ``tracin-lightning --help`` lists.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
 from .errors import TracInInputError
@@ -19,7 +24,7 @@ from .lightning.writer import InfluenceWriter
 from .outputs.atomic import atomic_path
 from .outputs.directory import require_writable_dir
 
-__all__ = ["DEBUG_ENV", "TracInCLI", "main"]
+__all__ = ["DEBUG_ENV", "SUBCOMMANDS", "Subcommand", "TracInCLI", "WriterConfigCallback", "main"]
 
 #: Set to 1 (or pass ``--debug``) for the full traceback instead of the one-line ``error:`` message.
 DEBUG_ENV = "TRACIN_LIGHTNING_DEBUG"
@@ -30,6 +35,27 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_checkpointing": False,
     "enable_model_summary": False,
 }
+
+
+class WriterConfigCallback(SaveConfigCallback):
+    """Keeps the resolved configuration as ``config.yaml`` beside the results (the writer's ``output_dir``).
+
+    SaveConfigCallback's documented extension point: ``save_to_log_dir=False`` and our own
+    :meth:`save_config` (called on rank 0 only, once). The file is written atomically and replaced by a
+    rerun (a resumed run writes the same configuration again).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    @override
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        writers = [c for c in trainer.callbacks if isinstance(c, InfluenceWriter)]  # type: ignore[attr-defined]
+        if not writers:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        with atomic_path(writers[0].output_dir / self.config_filename) as tmp:
+            tmp.write_text(text)
 
 
 class TracInCLI(LightningCLI):
@@ -52,26 +78,16 @@ class TracInCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Before the model and the triples are read: a run that cannot write its results fails at once.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
-        output_dir = config.get("writer", {}).get("output_dir") if config is not None else None
+        output_dir = (config.get("writer") or {}).get("output_dir") if config is not None else None
         if output_dir is not None:
             require_writable_dir(output_dir, what="writer.output_dir")
 
     @override
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # Results go through the writer; keeping every batch's (T, B) matrix in memory is a trap.
-        parser.set_defaults(return_predictions=False)
-        return parser
-
-    def before_predict(self) -> None:
-        """Keep the resolved configuration beside the results, for provenance."""
-        if self.trainer.is_global_zero:
-            writer = next(c for c in self.trainer.callbacks if isinstance(c, InfluenceWriter))  # type: ignore[attr-defined]
-            text = self._subcommand_parsers["predict"].dump(self.config["predict"], skip_none=False)
-            with atomic_path(writer.output_dir / "config.yaml") as tmp:
-                tmp.write_text(text)
+        # A default of the whole parser (so --print_config and config.yaml show it), not a private hook.
+        parser.set_defaults({"predict.return_predictions": False})
+        super().parse_arguments(parser, args)
 
 
 def prepare(args: list[str]) -> None:
@@ -127,17 +143,47 @@ def evaluate(args: list[str]) -> None:
             raise TracInInputError(
                 f"{needed} not found: evaluate needs a finished run with writer.save_matrix: true"
             )
-    data = TriplesDataModule(**yaml.safe_load(config_path.read_text())["data"])
-    if data.maps is None:
-        raise TracInInputError(f"{config_path}: the run has no label maps")
+    maps, train, test = _run_triples(yaml.safe_load(config_path.read_text())["data"], config_path)
     expected = read_expected_explanations(
-        options.expected,
-        test_labels=data.maps.labels(data.test_triples),
-        train_labels=data.maps.labels(data.train_triples),
+        options.expected, test_labels=maps.labels(test), train_labels=maps.labels(train)
     )
     metrics = explanation_metrics(torch.from_numpy(np.load(matrix_path)), expected, ks=options.ks)
     write_json(folder / "explanation_metrics.json", {"expected": str(options.expected), **metrics})
     print(json.dumps(metrics))
+
+
+def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any]:
+    """Label maps, training ids and selected test ids of a finished run, from its ``data`` config.
+
+    Files (``train_path`` + maps) are read with the ``inputs`` readers alone. Named datasets and
+    ``save_to_directory`` folders need PyKEEN to read, so those go through the datamodule.
+    """
+    from .inputs.maps import LabelMaps
+    from .inputs.triples import read_test_triples, read_train_triples, select_rows
+
+    if data.get("train_path") is None:
+        datamodule = TriplesDataModule(**data)
+        if datamodule.maps is None:
+            raise TracInInputError(f"{config_path}: the run has no label maps")
+        return datamodule.maps, datamodule.train_triples, datamodule.test_triples
+    if data.get("entity_to_id") is None or data.get("relation_to_id") is None:
+        raise TracInInputError(
+            f"{config_path}: data.train_path needs data.entity_to_id and data.relation_to_id"
+        )
+    maps = LabelMaps.from_files(data["entity_to_id"], data["relation_to_id"])
+    train = read_train_triples(data["train_path"], maps)
+    test, source = read_test_triples(
+        maps,
+        test_labels=data.get("test_labels"),
+        test_path=data.get("test_path"),
+        default=None,
+        train_source=str(data["train_path"]),
+    )
+    return (
+        maps,
+        train,
+        test[select_rows(test.shape[0], data.get("test_indices"), data.get("num_test"), source)],
+    )
 
 
 def report(args: list[str]) -> None:
@@ -187,7 +233,7 @@ def main(args: list[str] | None = None) -> None:
             sys.argv[1:] = argv
             os.environ[DEBUG_ENV] = "1"
     try:
-        _dispatch(argv, None if args is None else argv)
+        _dispatch(argv)
     except (TracInInputError, OSError) as error:
         if debug or args is not None:  # called from Python: the caller gets the exception
             raise
@@ -195,21 +241,8 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
-def _dispatch(argv: list[str], args: list[str] | None) -> None:
-    if argv[:1] == ["prepare"]:
-        prepare(argv[1:])
-        return
-    if argv[:1] == ["evaluate"]:
-        evaluate(argv[1:])
-        return
-    if argv[:1] == ["report"]:
-        report(argv[1:])
-        return
-    if argv[:1] in (["index"], ["explain"]):
-        from .index.cli import main as index_main
-
-        index_main(argv)
-        return
+def predict(args: list[str]) -> None:
+    """``tracin-lightning predict --config run.yaml``: the LightningCLI run (``args`` after the name)."""
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
     # indices; the writer uses each batch's own "index" instead.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
@@ -217,11 +250,72 @@ def _dispatch(argv: list[str], args: list[str] | None) -> None:
         TracInModule,
         TriplesDataModule,
         trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=None,
+        save_config_callback=WriterConfigCallback,
         auto_configure_optimizers=False,
         seed_everything_default=False,  # nothing is random in TracIn; seeding only printed two lines
-        args=args,
+        # from the console sys.argv already holds these (LightningCLI warns when given both, and DDP
+        # relaunches sys.argv); from Python (tests, notebooks) they are passed
+        args=None if sys.argv[1:] == ["predict", *args] else ["predict", *args],
     )
+
+
+def _index(args: list[str]) -> None:
+    from .index.cli import index  # the index's CLI imports this module
+
+    index(args)
+
+
+def _explain(args: list[str]) -> None:
+    from .index.cli import explain
+
+    explain(args)
+
+
+class Subcommand(NamedTuple):
+    """One ``tracin-lightning`` subcommand: its line in ``--help`` and the function given the rest of argv."""
+
+    help: str
+    run: Callable[[list[str]], None]
+
+
+#: Every subcommand; adding one is one entry here (``--help`` lists them in this order).
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "predict": Subcommand("compute TracIn influence (LightningCLI: --config run.yaml, --help)", predict),
+    "prepare": Subcommand("convert labelled training triples once into a memory-mappable .npy", prepare),
+    "evaluate": Subcommand("score a finished run's ranking against expected explanations", evaluate),
+    "report": Subcommand("write a static HTML report of a finished run", report),
+    "index": Subcommand("build an influence index for explaining predictions on demand", _index),
+    "explain": Subcommand("top proponents and opponents of given triples, from an index", _explain),
+}
+
+
+def _overview() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {command.help}" for name, command in SUBCOMMANDS.items()]
+    return "\n".join(
+        [
+            "usage: tracin-lightning [--debug] SUBCOMMAND ...",
+            "",
+            "Exact TracIn influence for PyKEEN models, as Lightning components.",
+            "",
+            "subcommands:",
+            *lines,
+            "",
+            "'tracin-lightning SUBCOMMAND --help' gives each one's options; --debug shows tracebacks.",
+        ]
+    )
+
+
+def _dispatch(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_overview())
+        return
+    command = SUBCOMMANDS.get(argv[0])
+    if command is None:
+        print(_overview(), file=sys.stderr)
+        print(f"\ntracin-lightning: error: unknown subcommand {argv[0]!r}", file=sys.stderr)
+        raise SystemExit(2)
+    command.run(argv[1:])
 
 
 if __name__ == "__main__":

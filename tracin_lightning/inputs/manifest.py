@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -16,6 +15,7 @@ from torch import Tensor
 from ..errors import TracInInputError
 from ..outputs.atomic import write_json
 from .checkpoint_files import Checkpoint, _check_file, _is_state_dict, _read
+from .json_object import read_json_object
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "read_manifest", "resolve_checkpoints", "write_manifest"]
 
@@ -59,11 +59,8 @@ def read_manifest(path: str | Path) -> list[Checkpoint]:
     path = Path(path)
     if not path.is_file():
         raise TracInInputError(f"checkpoint manifest not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TracInInputError(f"{path} is not a checkpoint manifest: invalid JSON ({error})") from error
-    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+    data = read_json_object(path, missing="a checkpoint manifest", kind="checkpoint manifest")
+    if not isinstance(data.get("checkpoints"), list):
         raise TracInInputError(f'{path} is not a checkpoint manifest: no "checkpoints" list')
     if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
         raise TracInInputError(

@@ -17,7 +17,7 @@ from .tsv import read_chunks as _read_chunks
 from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
-__all__ = ["LabelMaps", "read_id_map"]
+__all__ = ["LabelMaps", "first_out_of_range", "read_id_map"]
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -235,6 +235,30 @@ def _inverse(mapping: Mapping[str, int], kind: str) -> list[str]:
     return out  # type: ignore[return-value]  # every slot was filled: ids are 0..n-1
 
 
+def first_out_of_range(
+    triples: Tensor, *, num_entities: int | None, num_relations: int | None
+) -> tuple[int, int, int] | None:
+    """The first id of ``(n, 3)`` triples outside ``0 .. bound - 1``, as ``(row, column, bound)``.
+
+    Columns are scanned in the order head, relation, tail; a bound of None is not checked. The one
+    range check behind the maps' (:func:`_check_ids`), the ``.npy`` reader's and the module's messages.
+
+    Example:
+        >>> first_out_of_range(torch.tensor([[0, 0, 1], [0, 3, 1]]), num_entities=2, num_relations=2)
+        (1, 1, 2)
+        >>> first_out_of_range(torch.tensor([[0, 0, 1]]), num_entities=2, num_relations=None) is None
+        True
+    """
+    for column, bound in ((0, num_entities), (1, num_relations), (2, num_entities)):
+        if bound is None:
+            continue
+        values = triples[:, column]
+        bad = (values < 0) | (values >= bound)
+        if bool(bad.any()):
+            return int(torch.nonzero(bad)[0]), column, bound
+    return None
+
+
 def _check_ids(triples: Tensor, maps: LabelMaps | None, name: str) -> None:
     """Shape, dtype and (with maps) range checks of an id tensor."""
     if not isinstance(triples, Tensor) or triples.ndim != 2 or triples.shape[1] != 3:
@@ -248,8 +272,9 @@ def _check_ids(triples: Tensor, maps: LabelMaps | None, name: str) -> None:
         raise TracInInputError(f"{name} hold a negative id")
     if maps is None:
         return
-    for column, size, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation")):
-        columns = [0, 2] if column == 0 else [1]
-        largest = int(triples[:, columns].max())
-        if largest >= size:
-            raise TracInInputError(f"{name} hold {kind} id {largest}, but the maps have {size} {kind}s")
+    found = first_out_of_range(triples, num_entities=maps.num_entities, num_relations=maps.num_relations)
+    if found is not None:
+        _, column, size = found
+        kind = "relation" if column == 1 else "entity"
+        largest = int(triples[:, [1] if column == 1 else [0, 2]].max())
+        raise TracInInputError(f"{name} hold {kind} id {largest}, but the maps have {size} {kind}s")

@@ -10,12 +10,19 @@ import torch
 from torch import Tensor
 
 from ..errors import TracInInputError
-from .maps import LabelMaps
+from .maps import LabelMaps, first_out_of_range
 from .tsv import read_chunks as _read_chunks
 from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
-__all__ = ["load_id_array", "prepare_id_array", "read_labeled_triples"]
+__all__ = [
+    "load_id_array",
+    "prepare_id_array",
+    "read_labeled_triples",
+    "read_test_triples",
+    "read_train_triples",
+    "select_rows",
+]
 
 
 def read_labeled_triples(path: str | Path, maps: LabelMaps) -> Tensor:
@@ -97,14 +104,78 @@ def load_id_array(path: str | Path, maps: LabelMaps) -> Tensor:
         raise TracInInputError(
             f"{path}: expected an (N, 3) int64 id array, found {array.shape} {array.dtype}"
         )
-    for column, bound, kind in ((0, maps.num_entities, "entity"), (1, maps.num_relations, "relation"),
-                                (2, maps.num_entities, "entity")):  # fmt: skip
-        for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
-            values = array[start : start + (1 << 22), column]
-            if values.size and (values.min() < 0 or values.max() >= bound):
-                row = start + int(np.nonzero((values < 0) | (values >= bound))[0][0])
-                raise TracInInputError(f"{path}: row {row} has {kind} id {int(array[row, column])}, "
-                                       f"but the maps have {bound} {_plural(kind)}")  # fmt: skip
+    for start in range(0, array.shape[0], 1 << 22):  # chunked, so the check never loads it all at once
+        chunk = torch.from_numpy(np.array(array[start : start + (1 << 22)]))
+        found = first_out_of_range(chunk, num_entities=maps.num_entities, num_relations=maps.num_relations)
+        if found is not None:
+            row, column, bound = start + found[0], found[1], found[2]
+            kind = "relation" if column == 1 else "entity"
+            raise TracInInputError(
+                f"{path}: row {row} has {kind} id {int(array[row, column])}, "
+                f"but the maps have {bound} {_plural(kind)}"
+            )
     with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
+
+
+def read_train_triples(path: str | Path, maps: LabelMaps) -> Tensor:
+    """Training ids from labelled text (:func:`read_labeled_triples`) or a ``.npy`` array (memory-mapped)."""
+    if str(path).endswith(".npy"):  # ids written by `tracin-lightning prepare`
+        return load_id_array(str(path), maps)
+    return read_labeled_triples(str(path), maps)
+
+
+def read_test_triples(
+    maps: LabelMaps | None,
+    *,
+    test_labels: list[list[str]] | None,
+    test_path: str | None,
+    default: tuple[Tensor, str] | None,
+    train_source: str,
+) -> tuple[Tensor, str]:
+    """Test ids and where they came from: ``test_labels``, else ``test_path``, else ``default``.
+
+    Raises:
+        TracInInputError: for labels without maps, unknown labels (named), or no test source at all.
+    """
+    if (test_labels is not None or test_path is not None) and maps is None:
+        raise TracInInputError("test_labels and test_path need label maps")
+    if test_labels is not None:
+        assert maps is not None
+        return maps.encode(test_labels, source="test_labels"), "test_labels"
+    if test_path is not None:
+        assert maps is not None
+        return read_labeled_triples(test_path, maps), str(test_path)
+    if default is not None:
+        return default
+    raise TracInInputError(f"no test triples for {train_source}: give test_path or test_labels")
+
+
+def select_rows(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
+    """Rows of the test triples to keep: ``test_indices``, the first ``num_test``, or all.
+
+    Example:
+        >>> select_rows(5, [3, 0], None, "test.txt").tolist(), select_rows(5, None, 2, "test.txt").tolist()
+        ([3, 0], [0, 1])
+    """
+    if size == 0:
+        raise TracInInputError(f"no test triples selected from {source}: it holds none")
+    if test_indices is not None:
+        if not test_indices:
+            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
+        seen: set[int] = set()
+        for i in test_indices:
+            if not 0 <= i < size:
+                raise TracInInputError(
+                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
+                )
+            if i in seen:
+                raise TracInInputError(f"test index {i} is given twice")
+            seen.add(i)
+        return torch.tensor(test_indices, dtype=torch.long)
+    if num_test is not None:
+        if not 1 <= num_test <= size:
+            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
+        return torch.arange(num_test)
+    return torch.arange(size)

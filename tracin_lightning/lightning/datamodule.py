@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,14 +13,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from typing_extensions import override
 
-from ..engine.candidates import MAX_RADIUS, MODES, CandidateFilter, build_filter, count_candidates
+from ..engine.candidates import MODES, CandidateFilter, build_filter, count_candidates
 from ..errors import TracInInputError
 from ..inputs.maps import LabelMaps, _check_ids
 from ..inputs.names import Names, read_edge_map, read_node_names
-from ..inputs.triples import load_id_array, read_labeled_triples
+from ..inputs.triples import read_test_triples, read_train_triples, select_rows
 from ..inputs.tsv import read_tsv_rows as read_tsv_rows
+from .contracts import PredictionInputs
 
-__all__ = ["TripleBatches", "TriplesDataModule"]
+__all__ = ["TripleBatches", "TripleTensors", "TriplesDataModule"]
 
 
 class TripleBatches(Dataset):
@@ -68,11 +70,69 @@ class TripleBatches(Dataset):
         return {"index": torch.arange(start + self.offset, stop + self.offset), "triples": triples}
 
 
+@dataclass(frozen=True)
+class TripleTensors:
+    """Triples given as tensors instead of files (:meth:`TriplesDataModule.from_tensors`/``from_factory``).
+
+    Kept out of the hyperparameters (tensors do not belong in a YAML file); ``hparams.tensors``
+    records :meth:`describe` instead.
+
+    Attributes:
+        train: ``(N, 3)`` training ids.
+        test: ``(T, 3)`` test ids.
+        maps: label maps (None: outputs carry ids).
+        source: where the tensors came from (``train_source`` and ``test_source``).
+    """
+
+    train: Tensor
+    test: Tensor
+    maps: LabelMaps | None = None
+    source: str = "tensors"
+
+    def describe(self) -> str:
+        """One line for the hyperparameters, e.g. ``tensors: train (2, 3), test (1, 3), no maps``."""
+        maps = "no maps" if self.maps is None else "with maps"
+        return f"{self.source}: train {tuple(self.train.shape)}, test {tuple(self.test.shape)}, {maps}"
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where ``setup`` reads from: the constructor's file and selection options, checked."""
+
+    dataset: str | None
+    directory: str | None
+    train_path: str | None
+    test_path: str | None
+    entity_to_id: str | None
+    relation_to_id: str | None
+    test_indices: list[int] | None
+    num_test: int | None
+    test_labels: list[list[str]] | None
+    node_names: str | None
+    edge_map: str | None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """Everything the datamodule read, once (see ``TriplesDataModule._data``)."""
+
+    maps: LabelMaps | None
+    train_triples: Tensor
+    train_source: str
+    test_triples: Tensor
+    test_index: Tensor
+    test_source: str
+    names: Names | None
+
+
 class TriplesDataModule(L.LightningDataModule):
     """Streams the training triples in whole batches; holds the test triples and the label maps.
 
-    Everything is read when the module is created, so bad input fails before any computation.
-    Give exactly one training source: ``dataset``, ``directory`` or ``train_path``.
+    The constructor checks its arguments only; files are read in :meth:`setup` (Lightning's place for
+    I/O; each process reads its own copy), or earlier on first use of ``maps``, ``train_triples``,
+    ``test_triples`` and the like, and then kept. Bad input therefore fails at ``setup``, before any
+    gradient is computed. Give exactly one training source: ``dataset``, ``directory`` or
+    ``train_path`` (or use :meth:`from_tensors` / :meth:`from_factory`).
 
     Args:
         dataset: name of a PyKEEN dataset (``nations``, ``kinships`` and ``umls`` ship with PyKEEN and
@@ -112,9 +172,11 @@ class TriplesDataModule(L.LightningDataModule):
             exactly as unfiltered. In self mode only the union's self-influence is computed.
         hops: neighbourhood radius for ``candidates: neighbourhood`` (1 or more).
         max_path_length: longest head-tail path for ``candidates: paths`` (1 or more).
+        tensors: triples as tensors instead of a file source (what :meth:`from_tensors` and
+            :meth:`from_factory` pass; Python only, not a CLI key).
 
     Attributes:
-        maps: the label maps (None only for :meth:`from_tensors` without maps).
+        maps: the label maps (None only for tensors without maps).
         train_triples: ``(N, 3)`` training ids; ``train_source`` describes where they came from.
         test_triples: ``(T, 3)`` test ids; ``test_index`` holds their rows in the test source,
             described by ``test_source``.
@@ -122,14 +184,15 @@ class TriplesDataModule(L.LightningDataModule):
             :meth:`prepare_candidates` ran (``setup`` does); None without filtering.
         candidate_rows: ``(K,)`` sorted training rows streamed (the union of candidates), or None.
         candidate_counts: ``(T,)`` candidates per test triple, or None.
-    """
 
-    maps: LabelMaps | None
-    train_triples: Tensor
-    test_triples: Tensor
-    test_index: Tensor
-    train_source: str
-    test_source: str
+    Example:
+        >>> data = TriplesDataModule(dataset="nations", num_test=2, batch_size=512)
+        >>> data.hparams["dataset"], data.hparams["batch_size"]
+        ('nations', 512)
+        >>> data.setup("predict")  # reads the dataset
+        >>> data.train_triples.shape, data.test_index.tolist(), len(data.predict_dataloader())
+        (torch.Size([1592, 3]), [0, 1], 4)
+    """
 
     def __init__(
         self,
@@ -150,16 +213,31 @@ class TriplesDataModule(L.LightningDataModule):
         candidates: Literal["all", "neighbourhood", "paths"] = "all",
         hops: int = 1,
         max_path_length: int = 3,
+        tensors: TripleTensors | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self._set_loading(batch_size, num_workers)
-        self._set_candidates(candidates, hops, max_path_length)
-        given = {
-            name: value
-            for name, value in (("dataset", dataset), ("directory", directory), ("train_path", train_path))
+        # tensors stay out of the hyperparameters (so out of checkpoints and YAML): a line says what they were
+        self.save_hyperparameters(ignore=["tensors"])
+        if tensors is not None:
+            self.hparams["tensors"] = tensors.describe()
+        if batch_size < 1:
+            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise TracInInputError(f"num_workers must be 0 or more, got {num_workers}")
+        if candidates not in MODES:
+            raise TracInInputError(f"candidates must be one of {', '.join(MODES)}, got {candidates!r}")
+        _check_radius("neighbourhood", hops)
+        _check_radius("paths", max_path_length)
+        given = [
+            name
+            for name, value in (
+                ("dataset", dataset),
+                ("directory", directory),
+                ("train_path", train_path),
+                ("tensors", tensors),
+            )
             if value is not None
-        }
+        ]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
             raise TracInInputError(
@@ -168,80 +246,49 @@ class TriplesDataModule(L.LightningDataModule):
         if train_path is None and (entity_to_id is not None or relation_to_id is not None):
             raise TracInInputError(
                 "entity_to_id and relation_to_id apply only to train_path: "
-                f"the {next(iter(given))} brings its own maps"
+                f"the {given[0]} brings its own maps"
             )
+        if train_path is not None and (entity_to_id is None or relation_to_id is None):
+            missing = " and ".join(
+                name
+                for name, value in (("entity_to_id", entity_to_id), ("relation_to_id", relation_to_id))
+                if value is None
+            )
+            raise TracInInputError(f"train_path {train_path} needs the map files: give {missing}")
         if test_labels is not None and test_path is not None:
             raise TracInInputError("give test_labels or test_path, not both")
         if test_indices is not None and num_test is not None:
             raise TracInInputError("give test_indices or num_test, not both")
-
-        default_test: Tensor | None = None
-        maps: LabelMaps
-        if dataset is not None:
-            training, testing = _load_dataset(dataset)
-            maps = LabelMaps.from_factory(training)
-            train, default_test = training.mapped_triples, testing.mapped_triples
-            self.train_source = f"PyKEEN dataset {dataset!r} (training split)"
-        elif directory is not None:
-            factory, folder = _load_directory(Path(directory))
-            maps = LabelMaps.from_factory(factory)
-            train = factory.mapped_triples
-            self.train_source = str(folder)
-        else:
-            if entity_to_id is None or relation_to_id is None:
-                missing = " and ".join(
-                    name
-                    for name, value in (("entity_to_id", entity_to_id), ("relation_to_id", relation_to_id))
-                    if value is None
-                )
-                raise TracInInputError(f"train_path {train_path} needs the map files: give {missing}")
-            maps = LabelMaps.from_files(entity_to_id, relation_to_id)
-            if str(train_path).endswith(".npy"):  # ids written by `tracin-lightning prepare`, memory-mapped
-                train = load_id_array(str(train_path), maps)
-            else:
-                train = read_labeled_triples(str(train_path), maps)
-            self.train_source = str(train_path)
-        if train.shape[0] == 0:
-            raise TracInInputError(f"no training triples in {self.train_source}")
-        self.maps, self.train_triples = maps, train.long()
-
-        if test_labels is not None:
-            test, self.test_source = maps.encode(test_labels, source="test_labels"), "test_labels"
-        elif test_path is not None:
-            test, self.test_source = read_labeled_triples(test_path, maps), str(test_path)
-        elif default_test is not None:
-            test, self.test_source = default_test, f"PyKEEN dataset {dataset!r} (testing split)"
-        else:
-            raise TracInInputError(f"no test triples for {self.train_source}: give test_path or test_labels")
-        if test.shape[0] == 0:
-            raise TracInInputError(f"no test triples selected from {self.test_source}: it holds none")
-        self.test_index = _select(test.shape[0], test_indices, num_test, self.test_source)
-        self.test_triples = test.long()[self.test_index]
-        self.names: Names | None = None
-        if node_names is not None or edge_map is not None:
-            self.names = Names(
-                entities={} if node_names is None else read_node_names(node_names, maps.entity_to_id),
-                relations={} if edge_map is None else read_edge_map(edge_map),
+        if tensors is not None:  # no files to wait for: check now, and keep CPU copies
+            for name, triples in (("training triples", tensors.train), ("test triples", tensors.test)):
+                _check_ids(triples, tensors.maps, name)
+                if triples.shape[0] == 0:
+                    raise TracInInputError(f"no {name} in the tensor")
+            tensors = replace(
+                tensors,
+                train=tensors.train.detach().to("cpu", torch.long),
+                test=tensors.test.detach().to("cpu", torch.long),
             )
-
-    def _set_loading(self, batch_size: int, num_workers: int) -> None:
-        if batch_size < 1:
-            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise TracInInputError(f"num_workers must be 0 or more, got {num_workers}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-
-    def _set_candidates(self, candidates: str, hops: int, max_path_length: int) -> None:
-        if candidates not in MODES:
-            raise TracInInputError(f"candidates must be one of {', '.join(MODES)}, got {candidates!r}")
-        for name, value in (("hops", hops), ("max_path_length", max_path_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RADIUS:
-                raise TracInInputError(f"{name} must be an integer from 1 to {MAX_RADIUS}, got {value!r}")
+        self._tensors = tensors
+        self._sources = _Sources(
+            dataset=dataset,
+            directory=directory,
+            train_path=train_path,
+            test_path=test_path,
+            entity_to_id=entity_to_id,
+            relation_to_id=relation_to_id,
+            test_indices=test_indices,
+            num_test=num_test,
+            test_labels=test_labels,
+            node_names=node_names,
+            edge_map=edge_map,
+        )
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.candidates, self.hops, self.max_path_length = candidates, hops, max_path_length
         self.candidate_filter: CandidateFilter | None = None
         self.candidate_rows: Tensor | None = None
         self.candidate_counts: Tensor | None = None
+        self._loaded: _Loaded | None = None
 
     @classmethod
     def from_tensors(
@@ -258,6 +305,9 @@ class TriplesDataModule(L.LightningDataModule):
     ) -> TriplesDataModule:
         """A datamodule over id tensors ``(N, 3)`` and ``(T, 3)``, without files.
 
+        Goes through the constructor (``tensors=``), so the hyperparameters hold every option and,
+        for the tensors, one line saying their shapes.
+
         Args:
             train: training triples (ids).
             test: test triples (ids); ``test_index`` is ``0 .. T-1``.
@@ -270,22 +320,179 @@ class TriplesDataModule(L.LightningDataModule):
 
         Raises:
             TracInInputError: for a wrong shape or dtype, no triples, or ids outside the maps.
+
+        Example:
+            >>> from pykeen.datasets import Nations
+            >>> nations = Nations()
+            >>> data = TriplesDataModule.from_tensors(
+            ...     nations.training.mapped_triples, nations.testing.mapped_triples[:3], batch_size=400)
+            >>> data.hparams["batch_size"], data.hparams["tensors"]
+            (400, 'tensors: train (1592, 3), test (3, 3), no maps')
+            >>> data.test_index.tolist(), len(data.predict_dataloader())
+            ([0, 1, 2], 4)
         """
-        for name, triples in (("training triples", train), ("test triples", test)):
-            _check_ids(triples, maps, name)
-            if triples.shape[0] == 0:
-                raise TracInInputError(f"no {name} in the tensor")
-        module = cls.__new__(cls)
-        L.LightningDataModule.__init__(module)  # no files to read: skip __init__'s source handling
-        module._set_loading(batch_size, num_workers)
-        module._set_candidates(candidates, hops, max_path_length)
-        module.maps = maps
-        module.train_triples = train.detach().to("cpu", torch.long)
-        module.test_triples = test.detach().to("cpu", torch.long)
-        module.test_index = torch.arange(test.shape[0])
-        module.train_source = module.test_source = "tensors"
-        module.names = None
-        return module
+        return cls(
+            tensors=TripleTensors(train=train, test=test, maps=maps),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            candidates=candidates,
+            hops=hops,
+            max_path_length=max_path_length,
+        )
+
+    @classmethod
+    def from_factory(
+        cls,
+        training: Any,
+        testing: Any,
+        *,
+        test_indices: list[int] | None = None,
+        num_test: int | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        hops: int = 1,
+        max_path_length: int = 3,
+    ) -> TriplesDataModule:
+        """A datamodule over a PyKEEN ``TriplesFactory``: its triples, and its maps for the labels.
+
+        Args:
+            training: the training ``TriplesFactory`` (triples and label maps).
+            testing: the test triples: a ``TriplesFactory`` sharing the training maps, or ``(T, 3)`` ids.
+            test_indices: explain only these rows of the test triples.
+            num_test: explain only the first N test triples.
+            batch_size: training triples per prediction step.
+            num_workers: DataLoader worker processes.
+            candidates: candidate filtering, as in the constructor (``all``: none).
+            hops: neighbourhood radius.
+            max_path_length: longest head-tail path.
+
+        Raises:
+            TracInInputError: when ``testing`` has other maps than ``training`` (its ids would mean
+                other labels), or for ids outside the maps.
+
+        Example:
+            >>> from pykeen.datasets import Nations
+            >>> nations = Nations()
+            >>> data = TriplesDataModule.from_factory(nations.training, nations.testing, num_test=2)
+            >>> data.maps.labels(data.test_triples)
+            [('brazil', 'commonbloc1', 'india'), ('brazil', 'embassy', 'uk')]
+            >>> data.hparams["num_test"], data.hparams["tensors"]
+            (2, 'TriplesFactory: train (1592, 3), test (201, 3), with maps')
+        """
+        maps = LabelMaps.from_factory(training)
+        test = testing
+        if not isinstance(testing, Tensor):
+            if LabelMaps.from_factory(testing) != maps:
+                raise TracInInputError(
+                    "the testing factory has other entity/relation maps than the training factory: "
+                    "create it with entity_to_id= and relation_to_id= of the training factory"
+                )
+            test = testing.mapped_triples
+        return cls(
+            tensors=TripleTensors(
+                train=training.mapped_triples, test=test, maps=maps, source="TriplesFactory"
+            ),
+            test_indices=test_indices,
+            num_test=num_test,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            candidates=candidates,
+            hops=hops,
+            max_path_length=max_path_length,
+        )
+
+    # ------------------------------------------------------------------------------- reading, once
+    @property
+    def _data(self) -> _Loaded:
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    def _read(self) -> _Loaded:
+        """Read the sources named in the hyperparameters (the constructor has checked them)."""
+        h = self._sources
+        default_test: Tensor | None = None
+        maps: LabelMaps | None
+        if self._tensors is not None:
+            maps, train, default_test = self._tensors.maps, self._tensors.train, self._tensors.test
+            train_source = test_default_source = self._tensors.source
+        elif h.dataset is not None:
+            training, testing = _load_dataset(h.dataset)
+            maps = LabelMaps.from_factory(training)
+            train, default_test = training.mapped_triples, testing.mapped_triples
+            train_source = f"PyKEEN dataset {h.dataset!r} (training split)"
+            test_default_source = f"PyKEEN dataset {h.dataset!r} (testing split)"
+        elif h.directory is not None:
+            factory, folder = _load_directory(Path(h.directory))
+            maps = LabelMaps.from_factory(factory)
+            train, train_source = factory.mapped_triples, str(folder)
+        else:
+            assert h.train_path is not None and h.entity_to_id is not None and h.relation_to_id is not None
+            maps = LabelMaps.from_files(h.entity_to_id, h.relation_to_id)
+            train, train_source = read_train_triples(h.train_path, maps), str(h.train_path)
+        if train.shape[0] == 0:
+            raise TracInInputError(f"no training triples in {train_source}")
+        test, test_source = read_test_triples(
+            maps,
+            test_labels=h.test_labels,
+            test_path=h.test_path,
+            default=None if default_test is None else (default_test, test_default_source),
+            train_source=train_source,
+        )
+        test_index = select_rows(test.shape[0], h.test_indices, h.num_test, test_source)
+        names = None
+        if h.node_names is not None or h.edge_map is not None:
+            if maps is None:
+                raise TracInInputError("node_names need label maps")
+            names = Names(
+                entities={} if h.node_names is None else read_node_names(h.node_names, maps.entity_to_id),
+                relations={} if h.edge_map is None else read_edge_map(h.edge_map),
+            )
+        return _Loaded(
+            maps=maps,
+            train_triples=train.long(),
+            train_source=train_source,
+            test_triples=test.long()[test_index],
+            test_index=test_index,
+            test_source=test_source,
+            names=names,
+        )
+
+    @property
+    def maps(self) -> LabelMaps | None:
+        """The label maps (None only for tensors without maps)."""
+        return self._data.maps
+
+    @property
+    def names(self) -> Names | None:
+        """Readable names from ``node_names``/``edge_map``, or None."""
+        return self._data.names
+
+    @property
+    def train_triples(self) -> Tensor:
+        """``(N, 3)`` training ids."""
+        return self._data.train_triples
+
+    @property
+    def train_source(self) -> str:
+        """Where the training triples came from."""
+        return self._data.train_source
+
+    @property
+    def test_triples(self) -> Tensor:
+        """``(T, 3)`` test ids (the selected rows)."""
+        return self._data.test_triples
+
+    @property
+    def test_index(self) -> Tensor:
+        """``(T,)`` rows of the test triples in their source."""
+        return self._data.test_index
+
+    @property
+    def test_source(self) -> str:
+        """Where the test triples came from."""
+        return self._data.test_source
 
     @property
     def num_entities(self) -> int | None:
@@ -296,6 +503,21 @@ class TriplesDataModule(L.LightningDataModule):
     def num_relations(self) -> int | None:
         """Relations in the maps, without inverses (None without maps)."""
         return None if self.maps is None else self.maps.num_relations
+
+    def prediction_inputs(self) -> PredictionInputs:
+        """What :class:`~tracin_lightning.TracInModule` and the writer use from this datamodule."""
+        return PredictionInputs(
+            train_triples=self.train_triples,
+            test_triples=self.test_triples,
+            test_index=self.test_index,
+            train_source=self.train_source,
+            batch_size=self.batch_size,
+            maps=self.maps,
+            names=self.names,
+            candidate_options=self.candidate_options(),
+            prepare_candidates=self.prepare_candidates,
+            candidate_info=self.candidate_info,
+        )
 
     # ------------------------------------------------------------------------------------ candidates
     def candidate_options(self) -> dict[str, Any]:
@@ -358,8 +580,10 @@ class TriplesDataModule(L.LightningDataModule):
         info["per_test"] = [int(c) for c in self.candidate_counts.tolist()]
         return info
 
+    # ------------------------------------------------------------------------------------ Lightning
     @override
     def setup(self, stage: str) -> None:
+        self._data  # noqa: B018  # read the sources here, once per process (every rank needs its own)
         if self.candidates != "all" and stage == "predict":
             device = self.trainer.strategy.root_device if self.trainer is not None else None
             self.prepare_candidates(device)
@@ -386,26 +610,18 @@ class TriplesDataModule(L.LightningDataModule):
         )
 
 
-def _select(size: int, test_indices: list[int] | None, num_test: int | None, source: str) -> Tensor:
-    """Rows of the test triples to keep."""
-    if test_indices is not None:
-        if not test_indices:
-            raise TracInInputError(f"test_indices is empty: no test triples selected from {source}")
-        seen: set[int] = set()
-        for i in test_indices:
-            if not 0 <= i < size:
-                raise TracInInputError(
-                    f"test index {i} is out of range: {source} has {size} triples (indices 0..{size - 1})"
-                )
-            if i in seen:
-                raise TracInInputError(f"test index {i} is given twice")
-            seen.add(i)
-        return torch.tensor(test_indices, dtype=torch.long)
-    if num_test is not None:
-        if not 1 <= num_test <= size:
-            raise TracInInputError(f"num_test={num_test}, but {source} has {size} triples")
-        return torch.arange(num_test)
-    return torch.arange(size)
+def _check_radius(mode: Literal["neighbourhood", "paths"], radius: int) -> None:
+    """The engine's radius rule, applied when the options are given rather than when the filter is built.
+
+    The rule lives in :func:`~tracin_lightning.engine.candidates.build_filter`; building over an
+    empty graph costs nothing and raises the engine's own ``ValueError`` for a bad radius.
+    """
+    empty = torch.zeros(0, 3, dtype=torch.long)
+    key = "hops" if mode == "neighbourhood" else "max_path_length"
+    try:
+        build_filter(empty, empty, num_entities=0, mode=mode, **{key: radius})
+    except ValueError as error:
+        raise TracInInputError(str(error)) from None
 
 
 def _load_dataset(name: str) -> tuple[Any, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,9 @@ from ..engine.topk import TopK
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from ..inputs.manifest import resolve_checkpoints
+from ..inputs.maps import first_out_of_range
+from ..outputs.digest import file_digest, state_digest
+from .contracts import PredictionInputs, ResumeState, RunRecord, prediction_inputs
 
 __all__ = ["Mode", "TracInModule"]
 
@@ -48,7 +52,11 @@ class TracInModule(L.LightningModule):
     then scores its training batch against all test triples at once.
 
     Run it with ``Trainer(inference_mode=False)``; the test triples come from ``test_triples`` or
-    from the Trainer's datamodule (:class:`~tracin_lightning.TriplesDataModule`). A training batch
+    from the Trainer's datamodule: any datamodule with ``prediction_inputs()`` returning a
+    :class:`~tracin_lightning.lightning.contracts.PredictionInputs` (as
+    :class:`~tracin_lightning.TriplesDataModule` does) also gives the label maps, the training-set
+    size and the candidate filter. The writer reads the run through :meth:`run_record` and resumes
+    it through :meth:`resume` (see :mod:`~tracin_lightning.lightning.contracts`). A training batch
     is a mapping ``{"triples": (B, 3), "index": (B,)}`` (as that datamodule yields) or, from your own
     DataLoader, a plain ``(B, 3)`` id tensor whose rows are numbered 0, 1, ... in the order they arrive
     (one process only: under DDP yield the mapping). Every ``trainer.predict`` starts afresh
@@ -222,15 +230,28 @@ class TracInModule(L.LightningModule):
             self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
         return {"index": index, "influence": scores}
 
-    def resume(self, *, done_batches: set[int], topk: TopK | None) -> None:
-        """Continue an interrupted run: skip the batches (by first row) already written, keep ``topk``.
+    def resume(
+        self,
+        state: ResumeState | None = None,
+        *,
+        done_batches: set[int] | None = None,
+        topk: TopK | None = None,
+    ) -> None:
+        """Continue an interrupted run: skip the batches (by first row) already written, keep the top-k.
 
         Called by :class:`~tracin_lightning.lightning.writer.InfluenceWriter` at the first batch, after
-        ``on_predict_start`` has made a fresh top-k.
+        ``on_predict_start`` has made a fresh top-k. ``done_batches=``/``topk=`` is the older spelling
+        of ``state``.
         """
-        self.skip_batches = set(done_batches)
-        if topk is not None:
-            self.topk = topk.to(self.device)
+        if state is None:
+            state = ResumeState(done_batches=frozenset(done_batches or ()), topk=topk)
+        self.skip_batches = set(state.done_batches)
+        if state.topk is not None:
+            self.topk = state.topk.to(self.device)
+
+    def current_topk(self) -> TopK | None:
+        """The running top-k of this run so far (None in self mode or with ``top_k=0``)."""
+        return self.topk
 
     # -------------------------------------------------------------- helpers
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
@@ -279,20 +300,22 @@ class TracInModule(L.LightningModule):
             )
         self.kge_model.eval()
 
+    def _inputs(self) -> PredictionInputs | None:
+        """What the Trainer's datamodule provides (None with a plain DataLoader)."""
+        return prediction_inputs(self._trainer)
+
     def _check_maps(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        maps = getattr(datamodule, "maps", None)
-        if maps is None:
+        inputs = self._inputs()
+        if inputs is None or inputs.maps is None:
             return
-        model = self.kge_model
+        maps = inputs.maps
         for kind, in_maps, in_model in (
-            ("entities", maps.num_entities, getattr(model, "num_entities", None)),
-            ("relations", maps.num_relations, getattr(model, "num_real_relations", None)),
+            ("entities", maps.num_entities, _model_size(self.kge_model, "entities")),
+            ("relations", maps.num_relations, _model_size(self.kge_model, "relations")),
         ):
             if in_model is not None and in_maps != in_model:
-                source = getattr(datamodule, "train_source", "the data")
                 raise TracInInputError(
-                    f"the {kind} map of {source} has {in_maps} {kind} but the model "
+                    f"the {kind} map of {inputs.train_source} has {in_maps} {kind} but the model "
                     f"{self.model_source} has {in_model}: the maps do not belong to this model"
                 )
 
@@ -333,9 +356,8 @@ class TracInModule(L.LightningModule):
 
     def _resolve_candidate_filter(self) -> CandidateFilter | None:
         """The datamodule's candidate filter on this module's device, checked against the test triples."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        prepare = getattr(datamodule, "prepare_candidates", None)
-        found = prepare(self.device) if callable(prepare) else None  # normally done in setup already
+        inputs = self._inputs()
+        found = None if inputs is None else inputs.prepare_candidates(self.device)  # normally done in setup
         if found is None:
             return None
         if self.test_triples is None or not torch.equal(found.test_triples.cpu(), self.test_triples.cpu()):
@@ -348,8 +370,8 @@ class TracInModule(L.LightningModule):
     def _resolve_test_triples(self) -> Tensor:
         test: Tensor | None = self.test_triples
         if test is None:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            test = getattr(datamodule, "test_triples", None)
+            inputs = self._inputs()
+            test = None if inputs is None else inputs.test_triples
             if test is None:
                 raise TracInInputError(
                     "no test triples: pass test_triples=... or use a datamodule with test_triples"
@@ -361,38 +383,32 @@ class TracInModule(L.LightningModule):
         return test.long()
 
     def _num_train(self) -> int | None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        train = getattr(datamodule, "train_triples", None)
-        return None if train is None else int(train.shape[0])
+        inputs = self._inputs()
+        return None if inputs is None else inputs.num_train
 
     def _check_ids(self, triples: Tensor, what: str, index: Tensor) -> None:
         # Out-of-range ids would index a wrong row silently on some paths, or crash deep in PyKEEN.
-        num_entities = getattr(self.kge_model, "num_entities", None)
-        num_relations = getattr(
-            self.kge_model, "num_real_relations", getattr(self.kge_model, "num_relations", None)
+        found = first_out_of_range(
+            triples,
+            num_entities=_model_size(self.kge_model, "entities"),
+            num_relations=_model_size(self.kge_model, "relations", fallback=True),
         )
-        for column, bound, kind in (
-            (0, num_entities, "entity"),
-            (1, num_relations, "relation"),
-            (2, num_entities, "entity"),
-        ):
-            if bound is None:
-                continue
-            bad = (triples[:, column] < 0) | (triples[:, column] >= bound)
-            if bool(bad.any()):
-                row = int(torch.nonzero(bad)[0])
-                raise TracInInputError(
-                    f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
-                    f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
-                    "(do the entity/relation maps belong to this model?)"
-                )
+        if found is not None:
+            row, column, bound = found
+            kind = "relation" if column == 1 else "entity"
+            raise TracInInputError(
+                f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
+                f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
+                "(do the entity/relation maps belong to this model?)"
+            )
 
     def _non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str = "training"
     ) -> TracInInputError:
         row = error.rows[0]
         ids = tuple(int(x) for x in triples[row])
-        maps = getattr(getattr(self.trainer, "datamodule", None), "maps", None)
+        inputs = self._inputs()
+        maps = None if inputs is None else inputs.maps
         label = (
             ids
             if maps is None
@@ -432,9 +448,60 @@ class TracInModule(L.LightningModule):
             "num_parameters": int(sum(self.kge_model.state_dict()[n].numel() for n in self.param_names)),
         }
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The module's part of a resume fingerprint: inputs identified by content, not only by name.
+
+        SHA-256 of the model's weights and of each checkpoint, the loss and the options (not
+        ``compile`` or ``test_batch_size``, which do not change the numbers).
+        """
+        hparams = {k: v for k, v in dict(self.hparams).items() if k not in ("compile", "test_batch_size")}
+        return {
+            "model": self.model_source,
+            "model_weights": state_digest(self.kge_model.state_dict()),
+            "loss": self.loss_description,
+            "checkpoints": [(c.name, c.learning_rate) for c in self.checkpoint_list],
+            "checkpoint_contents": [_checkpoint_digest(c) for c in self.checkpoint_list],
+            "options": json.dumps(hparams, sort_keys=True, default=str),
+        }
+
+    def run_record(self) -> RunRecord:
+        """What this run computes, for the writer (valid after ``on_predict_start``)."""
+        test = self.test_triples
+        if test is None:
+            inputs = self._inputs()
+            test = None if inputs is None else inputs.test_triples
+        return RunRecord(
+            mode=self.mode, test_triples=test, info=self.run_info(), fingerprint=self.fingerprint()
+        )
+
     def test_triple_list(self) -> Sequence[Sequence[int]]:
         """The test triples as id lists (after prediction started)."""
         return [] if self.test_triples is None else self.test_triples.tolist()
+
+
+def _model_size(
+    model: nn.Module, kind: Literal["entities", "relations"], *, fallback: bool = False
+) -> int | None:
+    """Entities or (real, without inverses) relations of a PyKEEN model; None for a model without them.
+
+    ``fallback``: for relations, take ``num_relations`` when ``num_real_relations`` is missing (a
+    non-PyKEEN model that names its relation count the plain way).
+    """
+    if kind == "entities":
+        value = getattr(model, "num_entities", None)  # an optional attribute of user models
+    else:
+        value = getattr(model, "num_real_relations", None)
+        if value is None and fallback:
+            value = getattr(model, "num_relations", None)
+    return None if value is None else int(value)
+
+
+def _checkpoint_digest(checkpoint: Checkpoint) -> str:
+    if checkpoint.source is None:
+        return "the model's own weights"  # covered by the model's digest
+    if isinstance(checkpoint.source, Mapping):
+        return state_digest(checkpoint.source)
+    return file_digest(checkpoint.source)
 
 
 def _is_triples(value: Tensor) -> bool:

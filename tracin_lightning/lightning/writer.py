@@ -22,7 +22,7 @@ from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path, write_json
 from ..outputs.directory import require_writable_dir
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
-from .module import TracInModule
+from .contracts import PredictionInputs, ProducesRunRecord, ResumeState, RunRecord, prediction_inputs
 from .resume import _changes, _fingerprint, _versions
 
 __all__ = ["PARTIAL", "InfluenceWriter"]
@@ -98,13 +98,14 @@ class InfluenceWriter(BasePredictionWriter):
         self._done = []
         self._earlier_segments = []
         rank = trainer.global_rank
-        self._fingerprint = _fingerprint(trainer, pl_module, self.save_matrix)
+        record = _producer(pl_module).run_record()
+        self._fingerprint = _fingerprint(trainer, record, prediction_inputs(trainer), self.save_matrix)
         self._resumed = self._load_state(trainer, rank) if self.resume else None
         if self._resumed is None and rank == 0 and not self.resume:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self._files = {}
-        if self.save_matrix or getattr(pl_module, "mode", None) == "self":
+        if self.save_matrix or record.mode == "self":
             for name in ("values", "index"):
                 path = self.partial_dir / f"{name}.rank{rank}.bin"
                 handle = open(path, "r+b" if self._resumed else "wb")  # noqa: SIM115
@@ -125,7 +126,7 @@ class InfluenceWriter(BasePredictionWriter):
         old = state["fingerprint"]
         if old != self._fingerprint:
             differ = sorted(k for k in self._fingerprint if old.get(k) != self._fingerprint[k])
-            changes = _changes(old, self._fingerprint, getattr(trainer, "datamodule", None))
+            changes = _changes(old, self._fingerprint, prediction_inputs(trainer))
             raise TracInInputError(
                 f"{self.output_dir} holds partial results of a different run "
                 f"(differs in: {', '.join(differ)}){''.join(f'; {c}' for c in changes)}; "
@@ -145,9 +146,9 @@ class InfluenceWriter(BasePredictionWriter):
     ) -> None:
         # Runs after the module's on_predict_start, so the restored top-k is not reset by it.
         if batch_idx == 0 and self._resumed is not None:
-            if not isinstance(pl_module, TracInModule):
-                raise TypeError(f"InfluenceWriter resumes a TracInModule, got {type(pl_module).__name__}")
-            pl_module.resume(done_batches=set(self._done), topk=self._resumed["topk"])
+            _producer(pl_module).resume(
+                ResumeState(done_batches=frozenset(self._done), topk=self._resumed["topk"])
+            )
 
     @override
     def write_on_batch_end(
@@ -196,7 +197,7 @@ class InfluenceWriter(BasePredictionWriter):
             handle.flush()
             os.fsync(handle.fileno())
             sizes[name] = handle.tell()
-        topk = getattr(pl_module, "topk", None)
+        topk = _producer(pl_module).current_topk()
         state = {
             "fingerprint": self._fingerprint,
             "rank": trainer.global_rank,
@@ -233,14 +234,15 @@ class InfluenceWriter(BasePredictionWriter):
             shutil.rmtree(self.partial_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- merge
-    def _merge(self, trainer: L.Trainer, pl_module: Any) -> None:
+    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         world = trainer.world_size
         summaries = [torch.load(self._state_path(r), weights_only=False) for r in range(world)]
-        datamodule = getattr(trainer, "datamodule", None)
-        labels = _Labels(datamodule, pl_module)
+        inputs = prediction_inputs(trainer)
+        record = _producer(pl_module).run_record()
+        labels = _Labels(inputs, record)
         num_train = sum(s["triples"] for s in summaries)
         outputs: list[str] = []
-        if pl_module.mode == "influence":
+        if record.mode == "influence":
             tops = [s["topk"] for s in summaries if s["topk"] is not None]
             if tops:
                 merged = tops[0]
@@ -259,15 +261,14 @@ class InfluenceWriter(BasePredictionWriter):
         summaries[0]["segments"] = self._segments()  # rank 0's last segment runs until now, merge included
         segments = _segment_walls([s["segments"] for s in summaries])
         wall = sum(segments)
-        train = getattr(datamodule, "train_triples", None)
         info = {
-            **pl_module.run_info(),
-            "data": getattr(datamodule, "train_source", None),
+            **record.info,
+            "data": None if inputs is None else inputs.train_source,
             "num_train": num_train,  # kept for older readers: the rows streamed
             "num_train_streamed": num_train,
-            "num_train_total": None if train is None else int(train.shape[0]),
-            "num_test": len(labels.test) if pl_module.mode == "influence" else 0,
-            "candidates": _candidate_info(datamodule),
+            "num_train_total": None if inputs is None else inputs.num_train,
+            "num_test": len(labels.test) if record.mode == "influence" else 0,
+            "candidates": {"candidates": "all"} if inputs is None else inputs.describe_candidates(),
             "per_rank": [
                 {
                     "rank": s["rank"],
@@ -343,15 +344,13 @@ class InfluenceWriter(BasePredictionWriter):
 class _Labels:
     """Labels for output rows: from the datamodule's maps when it has them, else the ids."""
 
-    def __init__(self, datamodule: Any, pl_module: Any) -> None:
-        self.maps = getattr(datamodule, "maps", None)
-        self.names = getattr(datamodule, "names", None)
-        self.train = getattr(datamodule, "train_triples", None)
-        self.test = pl_module.test_triple_list()
-        test_index = getattr(datamodule, "test_index", None)
-        self._test_index = (
-            None if test_index is None or pl_module.test_triples is None else test_index.tolist()
-        )
+    def __init__(self, inputs: PredictionInputs | None, record: RunRecord) -> None:
+        self.maps = None if inputs is None else inputs.maps
+        self.names = None if inputs is None else inputs.names
+        self.train = None if inputs is None else inputs.train_triples
+        self.test: list[list[int]] = [] if record.test_triples is None else record.test_triples.tolist()
+        known = inputs is not None and record.test_triples is not None
+        self._test_index = inputs.test_index.tolist() if inputs is not None and known else None
 
     def _label(self, ids: Sequence[int]) -> tuple[str, str, str]:
         if self.maps is None:
@@ -393,9 +392,14 @@ def _segment_walls(per_rank: list[list[float]]) -> list[float]:
     return [max(column) for column in zip(*padded)]
 
 
-def _candidate_info(datamodule: Any) -> dict[str, Any]:
-    info = getattr(datamodule, "candidate_info", None)
-    return info() if callable(info) else {"candidates": "all"}
+def _producer(pl_module: L.LightningModule) -> ProducesRunRecord:
+    """The module as the writer's contract, or a clear error for a module that does not keep it."""
+    if not isinstance(pl_module, ProducesRunRecord):
+        raise TypeError(
+            "InfluenceWriter writes a module with run_record(), current_topk() and resume() "
+            f"(as TracInModule), got {type(pl_module).__name__}"
+        )
+    return pl_module
 
 
 def _num(value: float) -> str:
