@@ -33,8 +33,7 @@ class IndexCLI(TracInCLI):
         parser.add_lightning_class_args(IndexWriter, "index")
         parser.add_argument("--writer", type=dict | None, default=None, help="predict's writer keys (unused)")
 
-    @override
-    def before_predict(self) -> None:
+    def before_predict(self) -> None:  # LightningCLI's hook for the predict subcommand (found by name)
         """Keep the resolved configuration in the index folder, for provenance."""
         if self.trainer.is_global_zero:
             writer = next(c for c in self.trainer.callbacks if isinstance(c, IndexWriter))  # type: ignore[attr-defined]
