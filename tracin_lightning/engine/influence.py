@@ -38,6 +38,8 @@ class NonFiniteGradientError(ValueError):
 
 
 def _checked(grads: SampleGradients, checkpoint: int) -> SampleGradients:
+    if grads.all_finite():  # the cheap check; only a failure pays for the per-sample one
+        return grads
     ok = grads.finite()
     if not bool(ok.all()):
         raise NonFiniteGradientError(torch.nonzero(~ok).flatten().tolist(), checkpoint)
@@ -85,11 +87,16 @@ def batch_influence(
     Returns:
         ``(T, B)`` float32: ``sum_k lr_k <grad loss(test_t; theta_k), grad loss(train_b; theta_k)>``.
     """
-    scores = torch.zeros(test[0].batch_size, triples.shape[0], dtype=torch.float32, device=triples.device)
+    scores: Tensor | None = None
     for k, (checkpoint, cached) in enumerate(zip(checkpoints, test)):
         train = _checked(gradients(checkpoint.state, triples), k)
         with _no_autocast(triples.device):
-            scores += checkpoint.learning_rate * pairwise_dot(cached, train)
+            term = pairwise_dot(cached, train)  # a fresh float32 matrix, so updated in place
+            if checkpoint.learning_rate != 1.0:
+                term.mul_(checkpoint.learning_rate)
+            scores = term if scores is None else scores.add_(term)
+    if scores is None:
+        return torch.zeros(test[0].batch_size, triples.shape[0], dtype=torch.float32, device=triples.device)
     return scores
 
 

@@ -1,0 +1,150 @@
+"""One full exact TracIn pass through ``compute_influence`` beside one plain training epoch, on FB15k-237.
+
+This is what a new user sees: random-init PyKEEN models (ComplEx and DistMult, dimension 200, seed 0)
+on FB15k-237's 272,115 training triples, 100 test triples (the first 100 of the test split), the
+package's defaults, and the ``bce`` loss. Beside each pass, in the same process and alternating with
+it, runs one plain batched forward+backward epoch over the same training triples with the same
+per-triple loss (``softplus(-score)``) at the same batch size: the cost of one training epoch, the
+floor an exact pass is measured against. With K checkpoints the pass computes K gradients per
+triple, so its ratio is taken against K such epochs (``ratio``) and, for reference, one epoch.
+
+Every measurement is repeated (``--repeats``) and the median is reported; the machine is shared, so
+only ratios measured side by side are comparable.
+
+Example::
+
+    python scripts/full_pass_benchmark.py                      # both models, 1 and 3 checkpoints
+    python scripts/full_pass_benchmark.py --models DistMult --checkpoints 1 --repeats 1
+    python scripts/full_pass_benchmark.py --batch-size 1024    # a non-default batch size for both
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DATA = Path(__file__).resolve().parents[1] / "tracin_lightning" / "datasets" / "data" / "fb15k237"
+
+
+def load_fb15k237() -> tuple[object, Tensor, Tensor]:
+    """The training factory, its mapped training triples and the first 100 mapped test triples."""
+    from pykeen.triples import TriplesFactory
+
+    training = TriplesFactory.from_path(DATA / "train.txt.gz")
+    with gzip.open(DATA / "test.txt.gz", "rt", encoding="utf-8") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    known = [
+        (training.entity_to_id[h], training.relation_to_id[r], training.entity_to_id[t])
+        for h, r, t in rows
+        if h in training.entity_to_id and t in training.entity_to_id and r in training.relation_to_id
+    ]
+    return training, training.mapped_triples, torch.tensor(known[:100], dtype=torch.long)
+
+
+def make_model(name: str, training: object, seed: int) -> nn.Module:
+    from pykeen.models import ComplEx, DistMult
+
+    cls = {"ComplEx": ComplEx, "DistMult": DistMult}[name]
+    return cls(triples_factory=training, embedding_dim=200, random_seed=seed)  # type: ignore[arg-type]
+
+
+def plain_epoch(model: nn.Module, triples: Tensor, batch_size: int) -> float:
+    """Seconds for one batched forward+backward over ``triples`` with the bce loss, no optimiser step."""
+    model.train()
+    start = time.perf_counter()
+    for batch in triples.split(batch_size):
+        model.zero_grad(set_to_none=True)
+        loss = F.softplus(-model.score_hrt(batch).reshape(-1)).sum()
+        loss.backward()
+    elapsed = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return elapsed
+
+
+def full_pass(
+    model: nn.Module, train: Tensor, test: Tensor, checkpoints: list[str] | None, batch_size: int | None
+) -> tuple[float, Tensor]:
+    from tracin_lightning import compute_influence
+
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    start = time.perf_counter()
+    scores = compute_influence(model, train, test, checkpoints=checkpoints, **kwargs)
+    return time.perf_counter() - start, scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="ComplEx,DistMult")
+    parser.add_argument("--checkpoints", default="1,3", help="numbers of checkpoints to run, comma separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: compute_influence's own")
+    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training triples")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import inspect
+
+    from tracin_lightning import compute_influence
+
+    default_batch = inspect.signature(compute_influence).parameters["batch_size"].default
+    if default_batch is None:  # chosen by the loss (tracin_lightning.api.default_batch_size)
+        from tracin_lightning.api import default_batch_size
+
+        default_batch = default_batch_size("bce")
+    batch_size = args.batch_size or default_batch
+    training, train, test = load_fb15k237()
+    if args.train_limit:
+        train = train[: args.train_limit]
+    print(
+        f"FB15k-237: {train.shape[0]} training triples, {test.shape[0]} test triples, dim 200, "
+        f"threads {torch.get_num_threads()}, batch size {batch_size}"
+        f"{' (default)' if args.batch_size is None else ''}, torch {torch.__version__}"
+    )
+    print(
+        "| model | checkpoints | compute_influence (s) | plain epoch (s) | ratio to K epochs "
+        "| ratio to 1 epoch |"
+    )
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            model = make_model(name, training, seed=0)
+            for count in (int(c) for c in args.checkpoints.split(",")):
+                files: list[str] | None = None
+                if count > 1:  # the model's weights and count - 1 other random inits as checkpoint files
+                    files = []
+                    for k in range(count):
+                        state = make_model(name, training, seed=k).state_dict()
+                        path = Path(tmp) / f"{name}-{k}.pt"
+                        torch.save(state, path)
+                        files.append(str(path))
+                passes, epochs = [], []
+                for _ in range(args.repeats):  # alternate, so load changes hit both alike
+                    epochs.append(sum(plain_epoch(model, train, batch_size) for _ in range(count)) / count)
+                    seconds, scores = full_pass(model, train, test, files, args.batch_size)
+                    passes.append(seconds)
+                    del scores
+                t_pass, t_epoch = statistics.median(passes), statistics.median(epochs)
+                print(
+                    f"| {name} | {count} | {t_pass:.2f} | {t_epoch:.2f} | {t_pass / (count * t_epoch):.2f}x "
+                    f"| {t_pass / t_epoch:.2f}x |",
+                    flush=True,
+                )
+                print(
+                    f"    runs: pass {', '.join(f'{s:.2f}' for s in passes)}; "
+                    f"epoch {', '.join(f'{s:.2f}' for s in epochs)}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
