@@ -11,11 +11,11 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import lightning as L
 import torch
@@ -227,42 +227,89 @@ def _run(
     top_k: int = 0,
     return_predictions: bool = True,
 ) -> tuple[list[Any], TracInModule]:
+    test = test_triples if test_triples is not None else train_triples[:1]
+    size = default_batch_size(loss) if batch_size is None else batch_size
+    arguments = module_arguments(
+        checkpoints=checkpoints,
+        learning_rates=learning_rates,
+        learning_rate=learning_rate,
+        loss=loss,
+        params=params,
+    )
+    return predict_quietly(
+        model,
+        lambda kge: TracInModule(model=kge, mode=mode, top_k=top_k, **arguments),  # type: ignore[arg-type]
+        TriplesDataModule.from_tensors(train_triples, test, batch_size=size),
+        trainer_kwargs,
+        return_predictions=return_predictions,
+    )
+
+
+def module_arguments(
+    *,
+    checkpoints: Sequence[CheckpointArg] | str | None,
+    learning_rates: Sequence[float] | None,
+    learning_rate: float,
+    loss: str,
+    params: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The :class:`TracInModule` keyword arguments of the Python API's common parameters.
+
+    Example:
+        >>> module_arguments(checkpoints=None, learning_rates=None, learning_rate=1.0, loss="ce", params=None)
+        {'checkpoints': None, 'learning_rates': None, 'learning_rate': 1.0, 'loss': 'ce', 'params': None}
+    """
+    return {
+        "checkpoints": checkpoints
+        if checkpoints is None or isinstance(checkpoints, (str, Path))
+        else list(checkpoints),
+        "learning_rates": None if learning_rates is None else list(learning_rates),
+        "learning_rate": learning_rate,
+        "loss": loss,
+        "params": None if params is None else list(params),
+    }
+
+
+ModuleT = TypeVar("ModuleT", bound=TracInModule)
+
+
+def predict_quietly(
+    model: nn.Module | str,
+    make_module: Callable[[nn.Module], ModuleT],
+    data: L.LightningDataModule,
+    trainer_kwargs: Mapping[str, Any] | None,
+    *,
+    callbacks: Sequence[L.Callback] = (),
+    return_predictions: bool = True,
+) -> tuple[list[Any], ModuleT]:
+    """One in-process ``trainer.predict`` with the library's manners (shared by the API and the index).
+
+    Prints nothing, runs on the model's own device unless ``trainer_kwargs`` says otherwise, and gives
+    the model back as it was given (device, dtype, values, ``requires_grad``, train/eval modes).
+    """
     given = dict(trainer_kwargs or {})
     with _quiet_lightning():
         kge = load_model(model)  # a path loads onto the CPU; a module is used as it is
         as_given = _ModelAsGiven.take(kge)
-        test = test_triples if test_triples is not None else train_triples[:1]
-        size = default_batch_size(loss) if batch_size is None else batch_size
-        data = TriplesDataModule.from_tensors(train_triples, test, batch_size=size)
-        module = TracInModule(
-            model=kge,
-            checkpoints=checkpoints
-            if checkpoints is None or isinstance(checkpoints, (str, Path))
-            else list(checkpoints),  # type: ignore[arg-type]
-            learning_rates=None if learning_rates is None else list(learning_rates),
-            learning_rate=learning_rate,
-            loss=loss,  # type: ignore[arg-type]
-            params=None if params is None else list(params),
-            mode=mode,  # type: ignore[arg-type]
-            top_k=top_k,
-        )
-        if isinstance(model, (str, Path)):
-            module.model_source = str(model)
-        kwargs: dict[str, Any] = {
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            **given,
-            **_placement(kge, given),
-            "inference_mode": False,
-        }
         try:
+            module = make_module(kge)
+            if isinstance(model, (str, Path)):
+                module.model_source = str(model)
+            kwargs: dict[str, Any] = {
+                "logger": False,
+                "enable_checkpointing": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                **given,
+                **_placement(kge, given),
+                "inference_mode": False,
+            }
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *callbacks]
             with _cuda_state_kept():
                 trainer = L.Trainer(**kwargs)
                 if trainer.world_size > 1:
                     raise TracInInputError(
-                        "compute_influence runs in one process; use the CLI or InfluenceWriter for DDP"
+                        "the Python API runs in one process; use the CLI (or the writers) for DDP"
                     )
                 outputs = trainer.predict(module, datamodule=data, return_predictions=return_predictions)
         finally:

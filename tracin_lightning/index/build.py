@@ -438,19 +438,16 @@ def build_index(
         >>> torch.allclose(index.influence(test), compute_influence(kge, train, test), atol=1e-6)
         True
     """
+    from ..api import module_arguments, predict_quietly
     from .query import InfluenceIndex
 
     data = TriplesDataModule.from_tensors(train_triples, train_triples[:1], maps=maps, batch_size=batch_size)
-    module = IndexModule(
-        model=model,
-        checkpoints=checkpoints
-        if checkpoints is None or isinstance(checkpoints, (str, Path))
-        else list(checkpoints),  # type: ignore[arg-type]
-        learning_rates=None if learning_rates is None else list(learning_rates),
+    arguments = module_arguments(
+        checkpoints=checkpoints,
+        learning_rates=learning_rates,
         learning_rate=learning_rate,
-        loss=loss,  # type: ignore[arg-type]
-        params=None if params is None else list(params),
-        top_k=0,
+        loss=loss,
+        params=params,
     )
     writer = IndexWriter(
         directory=str(directory),
@@ -459,17 +456,12 @@ def build_index(
         flush_every=flush_every,
         resume=resume,
     )
-    kwargs: dict[str, Any] = {
-        "accelerator": "auto",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        **(trainer_kwargs or {}),
-        "inference_mode": False,
-    }
-    kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), writer]
-    trainer = L.Trainer(**kwargs)
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    predict_quietly(
+        model,
+        lambda kge: IndexModule(model=kge, top_k=0, **arguments),
+        data,
+        trainer_kwargs,
+        callbacks=[writer],
+        return_predictions=False,
+    )
     return InfluenceIndex.open(directory)
