@@ -51,5 +51,7 @@ def test_smoke_run_writes_every_section_and_exactness_holds(tmp_path: Path) -> N
         if r["status"] not in ("skipped: not in this size's compile_models",)
     ]
     assert compiled and all(r["status"] == "pass" for r in compiled), compiled
+    index = result["sections"]["index"]  # the index exists in this tree: it must be built and exact
+    assert [r["status"] for r in index] == ["pass"], index
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| exactness |" in done.stdout  # the table is printed
