@@ -23,6 +23,7 @@ from tracin_lightning.cli import main
 from tracin_lightning.engine.candidates import build_filter, count_candidates
 from tracin_lightning.engine.topk import TopK
 from tracin_lightning.lightning.datamodule import TripleBatches
+from tracin_lightning.testing import assert_rows_close
 
 # ------------------------------------------------------------------------------------ obvious reference
 
@@ -197,9 +198,9 @@ def test_default_is_unfiltered(capsys) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"candidates": "neighbourhood", "hops": 0}, "hops must be an integer in 1..255, got 0"),
-        ({"candidates": "paths", "max_path_length": 0}, "max_path_length must be an integer in 1..255"),
-        ({"candidates": "paths", "max_path_length": 300}, "max_path_length must be an integer in 1..255"),
+        ({"candidates": "neighbourhood", "hops": 0}, "hops must be an integer from 1 to 255, got 0"),
+        ({"candidates": "paths", "max_path_length": 0}, "max_path_length must be an integer from 1 to 255"),
+        ({"candidates": "paths", "max_path_length": 300}, "max_path_length must be an integer from 1 to 255"),
         (
             {"candidates": "neighborhood"},
             "candidates must be one of all, neighbourhood, paths, got 'neighborhood'",
@@ -283,7 +284,11 @@ def assert_filtered_run(tmp_path: Path, run, whole: Path, **options) -> None:
         keep[t, sorted(rows_kept)] = True
     assert matrix.shape == full.shape
     assert np.array_equal(~np.isnan(matrix), keep)  # non-candidates are NaN, candidates are not
-    np.testing.assert_allclose(matrix[keep], full[keep], rtol=1e-6, atol=0)  # candidates score as unfiltered
+    # candidates score as unfiltered, judged per test triple (row): the sum order may differ between
+    # the sparse and dense row joins, so equal up to float32 rounding at the row's own scale
+    assert_rows_close(
+        torch.from_numpy(np.where(keep, matrix, 0.0)), torch.from_numpy(np.where(keep, full, 0.0)), 1e-6
+    )
     for t, rows_kept in enumerate(expected):
         mine = [r for r in rows if r["test_index"] == str(t)]
         assert {int(r["train_index"]) for r in mine} <= rows_kept  # never a non-candidate in the top-k
@@ -291,7 +296,10 @@ def assert_filtered_run(tmp_path: Path, run, whole: Path, **options) -> None:
             listed = [int(r["train_index"]) for r in mine if r["kind"] == kind]
             candidates = np.array(sorted(rows_kept), dtype=np.int64)
             order = candidates[np.argsort(sign * full[t, candidates], kind="stable")][:50]
-            assert listed == order.tolist()  # the unfiltered ranking restricted to the candidates
+            # the unfiltered ranking restricted to the candidates: the same scores in the same order (rows
+            # whose scores differ only by float32 rounding of the sum order may swap places)
+            scale = max(float(np.abs(full[t]).max()), 1e-3 * float(np.abs(full).max()))
+            assert np.abs(full[t, listed] - full[t, order]).max(initial=0.0) <= 1e-6 * scale
             assert len(listed) == min(50, len(rows_kept))  # fewer rows when fewer candidates, no padding
     union = set().union(*expected)
     assert info["candidates"] == {
