@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -470,6 +471,12 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.mark.timeout(300)
 def test_ddp_predict_shards_whole_batches_without_duplicates(tmp_path: Path) -> None:
     n, batch_size = 103, 10  # 11 batches: uneven over 2 ranks, last batch short
@@ -479,6 +486,10 @@ def test_ddp_predict_shards_whole_batches_without_duplicates(tmp_path: Path) -> 
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        # a port of our own: a MASTER_PORT left in this worker's environment by an earlier Lightning run
+        # may be taken by a DDP test in the other worker, and the rendezvous then waits forever
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
     }
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path), str(n), str(batch_size)],

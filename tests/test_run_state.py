@@ -94,7 +94,9 @@ def test_resume_then_run_json_counts_every_segment(setup, tmp_path: Path) -> Non
     assert len(segments) == 2 and info["per_rank"][0]["segment_wall_seconds"][0] == segments[0]
     assert info["wall_seconds"] == pytest.approx(sum(segments), abs=2e-3)
     assert info["num_train_streamed"] == info["num_train"] == info["num_train_total"] == NUM_TRAIN
-    assert info["train_triples_per_second"] == pytest.approx(NUM_TRAIN / info["wall_seconds"], rel=1e-3)
+    # a sub-second run: rate and rounded seconds were seen 0.2% apart once in CI, so allow 1% (one
+    # segment's rate alone would be off by about 2x)
+    assert info["train_triples_per_second"] == pytest.approx(NUM_TRAIN / info["wall_seconds"], rel=1e-2)
 
 
 def test_overwritten_checkpoint_is_refused(setup, tmp_path: Path) -> None:
