@@ -69,12 +69,10 @@ class IndexModule(TracInModule):
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Any] | None:
-        triples, index = self._unpack(batch)
-        if self.skip_batches and int(index[0]) in self.skip_batches:
+        taken = self._training_batch(batch)
+        if taken is None:
             return None
-        triples = triples.to(self.device)
-        self._check_ids(triples, "training triples", index)
-        self.triples_seen += triples.shape[0]
+        triples, index = taken
         out: list[SampleGradients] = []
         with torch.enable_grad():
             for k, checkpoint in enumerate(self.states):

@@ -209,12 +209,10 @@ class TracInModule(L.LightningModule):
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor] | None:
-        triples, index = self._unpack(batch)
-        if self.skip_batches and int(index[0]) in self.skip_batches:
+        taken = self._training_batch(batch)
+        if taken is None:
             return None
-        triples = triples.to(self.device)
-        self._check_ids(triples, "training triples", index)
-        self.triples_seen += triples.shape[0]
+        triples, index = taken
         try:
             with torch.enable_grad():
                 if self.mode == "self":
@@ -254,6 +252,16 @@ class TracInModule(L.LightningModule):
         return self.topk
 
     # -------------------------------------------------------------- helpers
+    def _training_batch(self, batch: Any) -> tuple[Tensor, Tensor] | None:
+        """A batch's checked ``(triples on this device, row index)``, or None when a resume skips it."""
+        triples, index = self._unpack(batch)
+        if self.skip_batches and int(index[0]) in self.skip_batches:
+            return None
+        triples = triples.to(self.device)
+        self._check_ids(triples, "training triples", index)
+        self.triples_seen += triples.shape[0]
+        return triples, index
+
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``(triples (B, 3), index (B,))`` of a batch: a mapping as TripleBatches yields, or plain ids.
 
