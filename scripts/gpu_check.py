@@ -62,7 +62,7 @@ from tracin_lightning.engine.losses import TripleLoss
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 from tracin_lightning.lightning.module import TracInModule
 from tracin_lightning.outputs.atomic import write_json
-from tracin_lightning.testing import per_row_relative_error, reference_influence
+from tracin_lightning.testing import SMALL_MODEL_KWARGS, per_row_relative_error, reference_influence
 
 SECTIONS = ("exactness", "throughput", "precision", "compile", "synthetic", "index")
 FAMILIES = ("ConvE", "DistMult", "TransE", "ComplEx")
@@ -71,14 +71,7 @@ TOLERANCE = 1e-5
 DATA = Path(tracin_lightning.__file__).parent / "datasets" / "data"
 GIB = 2**30
 
-# Small models for the exactness cases (as tests/conftest.py).
-SMALL_KWARGS: dict[str, dict[str, Any]] = {
-    "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
-                  embedding_width=8),
-    "DistMult": dict(embedding_dim=16),
-    "TransE": dict(embedding_dim=16),
-    "ComplEx": dict(embedding_dim=8),
-}  # fmt: skip
+SMALL_KWARGS = SMALL_MODEL_KWARGS  # the small models of the exactness cases, as in the tests
 
 
 @dataclass

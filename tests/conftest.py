@@ -15,13 +15,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
 
-MODEL_KWARGS = {
-    "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
-                  embedding_width=8),
-    "DistMult": dict(embedding_dim=16),
-    "TransE": dict(embedding_dim=16),
-    "ComplEx": dict(embedding_dim=8),
-}  # fmt: skip
+from tracin_lightning.testing import SMALL_MODEL_KWARGS
+
+MODEL_KWARGS = SMALL_MODEL_KWARGS
 
 
 @dataclass

@@ -8,12 +8,14 @@ Pure torch; the tests and ``scripts/gpu_check.py`` (which runs it on the GPU) bo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "SMALL_MODEL_KWARGS",
     "assert_rows_close",
     "dense_gradients",
     "dense_gradients_at",
@@ -21,6 +23,16 @@ __all__ = [
     "reference_influence",
     "triple_loss",
 ]
+
+
+#: Small PyKEEN model sizes the exactness checks train on Nations (tests and ``scripts/gpu_check.py``).
+SMALL_MODEL_KWARGS: dict[str, dict[str, Any]] = {
+    "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
+                  embedding_width=8),
+    "DistMult": dict(embedding_dim=16),
+    "TransE": dict(embedding_dim=16),
+    "ComplEx": dict(embedding_dim=8),
+}  # fmt: skip
 
 
 def triple_loss(model: nn.Module, hrt: Tensor, loss: str, inverse: bool) -> Tensor:
