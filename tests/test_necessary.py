@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(cache: Path) -> subprocess.CompletedProcess[str]:
+def run(cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [
@@ -20,6 +20,7 @@ def run(cache: Path) -> subprocess.CompletedProcess[str]:
             "--smoke",
             "--cache",
             str(cache),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -71,3 +72,39 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     resumed = json.loads((cache / "result.json").read_text())
     assert resumed["retrains"] == retrains and resumed["removal_sets"] == sets
     assert resumed["explain_seconds"] == result["explain_seconds"]  # kept beside the cached tensors
+
+
+def test_transe_trains_with_margin_ranking_and_explains_with_its_positive_part(tmp_path: Path) -> None:
+    """TransE's cell: margin-ranking training, TracIn on -f (the ``score`` loss), its own cache keys."""
+    import torch
+
+    from tracin_lightning import compute_influence
+    from tracin_lightning.testing import assert_rows_close
+
+    cache = tmp_path / "cache"
+    done = run(cache, "--model", "transe", "--only", "noise")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((cache / "result.json").read_text())
+    assert result["config"]["loss"] == "marginranking"
+    assert result["training"]["loss"] == "margin ranking, margin 1"
+    assert result["tracin_loss"].startswith("score")
+    assert list(result["retrains"]) == ["noise"] and result["complete"] is False
+    # the cached influence is the score loss's, not bce's: recompute both from the saved base model
+    from pykeen.datasets import Nations
+    from pykeen.losses import MarginRankingLoss
+    from pykeen.models import TransE
+
+    (influence_path,) = cache.glob("influence-[0-9a-f]*.pt")
+    cached = torch.load(influence_path, weights_only=True)
+    (base,) = (cache / "models").glob("base-*")
+    training = Nations().training
+    model = TransE(triples_factory=training, embedding_dim=8, loss=MarginRankingLoss(), random_seed=0)
+    model.load_state_dict(torch.load(base / "model.pt", weights_only=True))
+    model.eval()
+    predictions = torch.as_tensor(result["predictions"]["triples"])
+    manifest = str(base / "checkpoints" / "manifest.json")
+    train = training.mapped_triples
+    score = compute_influence(model, train, predictions, checkpoints=manifest, loss="score")
+    bce = compute_influence(model, train, predictions, checkpoints=manifest, loss="bce")
+    assert_rows_close(cached, score)
+    assert not torch.allclose(cached, bce, rtol=1e-2, atol=0.0)
