@@ -120,7 +120,7 @@ PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
 #: epochs (scripts/necessary_all.sh does).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "complex": {"embedding_dim": 100, "epochs": 20, "lr": 0.01, "batch_size": 1024, "negatives": 4},
-    "transe": {"embedding_dim": 100, "epochs": 40, "lr": 0.01, "batch_size": 1024, "negatives": 4,
+    "transe": {"embedding_dim": 100, "epochs": 40, "lr": 0.001, "batch_size": 1024, "negatives": 4,
                "loss": "marginranking"},
     "conve": {"embedding_dim": 100, "epochs": 15, "lr": 0.003, "batch_size": 1024, "negatives": 4},
 }
@@ -136,7 +136,8 @@ MODEL_NAMES = {"complex": "ComplEx", "transe": "TransE", "conve": "ConvE"}
 #: TransE: softplus collapsed it on WN18RR (test MRR 0.015 after 40 epochs: a distance is >= 0, so
 #: softplus(-d) hardly pushes negatives away), so it is trained as Bordes et al. and Kelpie train it, with
 #: a margin ranking loss; the positive triple's part of max(0, 1 + d(pos) - d(neg)) is d(pos) = -f, the
-#: ``score`` loss.
+#: ``score`` loss. Its learning rate was chosen on 1,000 FB15k-237 validation triples (tail MRR after 10 /
+#: 20 epochs: lr 0.01: 0.133 / 0.123; 0.001: 0.210 / 0.203; 0.0003: 0.119 / 0.121), hence 10 epochs there.
 LOSSES: dict[str, tuple[str, str, str]] = {
     "softplus": ("SoftplusLoss", "softplus (BCE with logits)", "bce"),
     "marginranking": ("MarginRankingLoss", "margin ranking, margin 1", "score"),
