@@ -30,6 +30,9 @@ Explainers (all on the same trained model; "mentions h": the training triple's h
   every candidate, so it does not change the ranking and is left out);
 * ``tracin-last``: TracIn with the last checkpoint only (how the older tool computes it);
 * ``random-head``: k random training triples mentioning h;
+* ``random-far``: k random training triples per prediction that mention no head or tail of any of the
+  predictions: what removing that many triples does through retraining alone (the same seed, so the
+  same initialisation, but another order of batches and negatives), the floor for the same-seed rows;
 * ``similar-head``: the k training triples mentioning h whose embedding is most similar to the
   prediction's (cosine of the concatenated real-valued head, relation and tail representations);
 * ``noise``: no removal, retrained with seed + 1 (the noise floor of retraining);
@@ -313,6 +316,7 @@ def trained(
     with atomic_path(weights) as tmp:
         torch.save(model.state_dict(), tmp)
     info = {"name": name, "key": key, "seed": seed, "num_removed": len(removed), "train_seconds": seconds}
+    info["commit"] = git_commit()  # per model: a cell's rows may come from several sittings
     write_json(info_path, info)
     return model, info
 
@@ -425,6 +429,9 @@ def explanations(
     sets: dict[str, list[list[int]]] = {}
     norms = self_influence.clamp_min(1e-30).sqrt()
     cosine = influence / norms  # (P, N): the test norm is constant per row, so left out
+    touched = torch.zeros(data.training.num_entities, dtype=torch.bool)
+    touched[predictions[:, 0]] = touched[predictions[:, 2]] = True
+    far = (~touched[train[:, 0]] & ~touched[train[:, 2]]).nonzero().flatten()
     for name in (
         "tracin@k=1",
         f"tracin@k={budget}",
@@ -435,6 +442,7 @@ def explanations(
         f"random-head@k={budget}",
         f"random-head@k={budget}@seed2",
         f"similar-head@k={budget}",
+        f"random-far@k={budget}",
     ):
         sets[name] = []
     for i, h in enumerate(predictions[:, 0].tolist()):
@@ -450,6 +458,10 @@ def explanations(
             rng = np.random.default_rng([seed, config.seed, i])
             count = min(budget, len(near))
             sets[name].append(sorted(near[rng.choice(len(near), size=count, replace=False)].tolist()))
+        rng = np.random.default_rng([config.seed, i, 2])
+        sets[f"random-far@k={budget}"].append(
+            sorted(far[rng.choice(len(far), size=min(budget, len(far)), replace=False)].tolist())
+        )
         if len(near):
             vectors = triple_vectors(model, torch.cat([predictions[i : i + 1], train[near]]))
             similarity = torch.nn.functional.cosine_similarity(vectors[:1], vectors[1:], dim=1)

@@ -52,6 +52,10 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     for name in (f"tracin-head@k={budget}", f"random-head@k={budget}", f"similar-head@k={budget}"):
         for (h, _, _), rows in zip(predictions["triples"], sets[name]):
             assert all(h in (mapped[i][0], mapped[i][2]) for i in rows), name
+    # the retraining floor never touches a prediction's head or tail
+    entities = {e for h, _, t in predictions["triples"] for e in (h, t)}
+    far = [mapped[i] for rows in sets[f"random-far@k={budget}"] for i in rows]
+    assert len(far) == 10 * budget and not any(h in entities or t in entities for h, _, t in far)
     # the k=1 proponent is the first of the top-k
     assert [one[0] for one in sets[f"tracin@k={budget}"]] == [one[0] for one in sets["tracin@k=1"]]
     retrains = result["retrains"]
