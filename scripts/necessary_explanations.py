@@ -39,7 +39,8 @@ Explainers (all on the same trained model; "mentions h": the training triple's h
 * ``repeat``: no removal, same seed: checks that retraining reproduces the base model bit for bit
   (``identical_to_base`` in the JSON), so that the deltas above are the removals' effect alone;
 * ``tracin@seed2`` and ``random-head@seed2``: the same removal set (for random: a new draw) retrained
-  with seed + 1, to show the spread; compare them with ``noise``, which has the same seed.
+  with seed + 1, to show the spread; compare them with ``noise``, which has the same seed. With
+  ``--seeds N`` (default 2), also ``@seed3`` ... ``@seedN`` (seed + 2, ...) and ``noise@seed3`` ...
 
 Every trained model (state dict + metrics) and every influence matrix is cached under ``--cache``
 (default ``runs/necessary/<dataset>_<model>/``), keyed by a hash of the configuration (and the removal
@@ -422,8 +423,9 @@ def explanations(
     influence: Tensor,
     self_influence: Tensor,
     influence_last: Tensor | None,
+    seeds: int = 2,
 ) -> dict[str, list[list[int]]]:
-    """Each explainer's removal set per prediction (training row indices)."""
+    """Each explainer's removal set per prediction (training row indices); random draws for ``seeds``."""
     train = data.training.mapped_triples
     budget = config.budget
     sets: dict[str, list[list[int]]] = {}
@@ -440,11 +442,13 @@ def explanations(
         f"grad-cos@k={budget}",
         f"tracin-last@k={budget}",
         f"random-head@k={budget}",
-        f"random-head@k={budget}@seed2",
+        *(f"random-head@k={budget}@seed{j}" for j in range(2, seeds + 1)),
         f"similar-head@k={budget}",
         f"random-far@k={budget}",
     ):
         sets[name] = []
+    draws = [(f"random-head@k={budget}", config.seed)]  # the second seed's draw is 1 whatever the seed
+    draws += [(f"random-head@k={budget}@seed{j}", j - 1) for j in range(2, seeds + 1)]
     for i, h in enumerate(predictions[:, 0].tolist()):
         near = mentions(train, h)
         sets["tracin@k=1"].append(top(influence[i], 1))
@@ -454,7 +458,7 @@ def explanations(
         sets[f"grad-cos@k={budget}"].append(top(cosine[i], budget))
         if influence_last is not None:
             sets[f"tracin-last@k={budget}"].append(top(influence_last[i], budget))
-        for name, seed in ((f"random-head@k={budget}", config.seed), (f"random-head@k={budget}@seed2", 1)):
+        for name, seed in draws:
             rng = np.random.default_rng([seed, config.seed, i])
             count = min(budget, len(near))
             sets[name].append(sorted(near[rng.choice(len(near), size=count, replace=False)].tolist()))
@@ -506,6 +510,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--negatives", type=int, help="negatives per positive (sLCWA)")
     parser.add_argument("--loss", choices=sorted(LOSSES), help="training loss (default: the model's)")
     parser.add_argument("--checkpoints", type=int, default=5, help="TracIn checkpoints, evenly spaced")
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="retraining seeds for TracIn top-k, random-head and the noise floor"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-predictions", type=int, default=100)
     parser.add_argument("--budget", type=int, help="matched k (default: Kelpie's mean length, rounded up)")
@@ -660,15 +667,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         timing["per_prediction_s"] = timing["influence_all_checkpoints_s"] / max(1, count)
     result["explain_seconds"] = timing
     result["checkpoints"] = entries
-    sets = explanations(config, data, base, predictions, influence, self_influence, influence_last)
+    sets = explanations(config, data, base, predictions, influence, self_influence, influence_last, args.seeds)
     budget = config.budget
     plan: list[tuple[str, str, int]] = [("noise", "", config.seed + 1)]
-    plan += [(name, name, config.seed) for name in sets if not name.endswith("@seed2")]
-    plan += [
-        ("repeat", "", config.seed),  # no removal, same seed: must give the base model back
-        (f"tracin@k={budget}@seed2", f"tracin@k={budget}", config.seed + 1),
-        (f"random-head@k={budget}@seed2", f"random-head@k={budget}@seed2", config.seed + 1),
-    ]
+    plan += [(name, name, config.seed) for name in sets if "@seed" not in name]
+    plan.append(("repeat", "", config.seed))  # no removal, same seed: must give the base model back
+    for j in range(2, args.seeds + 1):
+        plan += [
+            (f"tracin@k={budget}@seed{j}", f"tracin@k={budget}", config.seed + j - 1),
+            (f"random-head@k={budget}@seed{j}", f"random-head@k={budget}@seed{j}", config.seed + j - 1),
+        ]
+        if j > 2:
+            plan.append((f"noise@seed{j}", "", config.seed + j - 1))
     # required explainers first, so that a short sitting gets them
     order = ["noise", "tracin@k=1", f"tracin@k={budget}", f"tracin-head@k={budget}"]
     order += [f"random-head@k={budget}", f"similar-head@k={budget}"]

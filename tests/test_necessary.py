@@ -86,13 +86,17 @@ def test_transe_trains_with_margin_ranking_and_explains_with_its_positive_part(t
     from tracin_lightning.testing import assert_rows_close
 
     cache = tmp_path / "cache"
-    done = run(cache, "--model", "transe", "--only", "noise")
+    done = run(cache, "--model", "transe", "--seeds", "3", "--only", "noise", "noise@seed3")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((cache / "result.json").read_text())
     assert result["config"]["loss"] == "marginranking"
     assert result["training"]["loss"] == "margin ranking, margin 1"
     assert result["tracin_loss"].startswith("score")
-    assert list(result["retrains"]) == ["noise"] and result["complete"] is False
+    assert list(result["retrains"]) == ["noise", "noise@seed3"] and result["complete"] is False
+    assert [result["retrains"][n]["seed"] for n in ("noise", "noise@seed3")] == [1, 2]
+    budget = result["config"]["budget"]
+    sets = result["removal_sets"]
+    assert sets[f"random-head@k={budget}@seed3"] != sets[f"random-head@k={budget}@seed2"]
     # the cached influence is the score loss's, not bce's: recompute both from the saved base model
     from pykeen.datasets import Nations
     from pykeen.losses import MarginRankingLoss
