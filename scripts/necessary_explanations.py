@@ -58,6 +58,7 @@ with their sources.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import hashlib
 import json
@@ -185,6 +186,7 @@ class Config:
         return sorted({max(1, round(step * (i + 1))) for i in range(self.checkpoints)})
 
 
+@functools.cache  # the commit this process started from, even if a new one lands while it runs
 def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
