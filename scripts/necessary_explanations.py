@@ -7,7 +7,8 @@ knowledge graph embeddings", SIGMOD 2022), with TracIn and same-model baselines 
    corrupted negatives per positive; softplus loss = BCE with logits for ComplEx and ConvE, margin
    ranking with margin 1 for TransE, see LOSSES), keeping TracIn checkpoints with
    this package's :class:`~tracin_lightning.PyKEENTracInCallback`. Report its filtered test MRR and
-   hits@1/10 (both sides, ConvE: tails only; filtered by train + valid + test, realistic ranks as PyKEEN's) beside a
+   hits@1/10 (both sides, ConvE: tails only; filtered by train + valid + test, realistic ranks as
+   PyKEEN's) beside a
    published figure.
 2. Pick ``--num-predictions`` (100) test triples whose tail the model ranks first (filtered tail rank
    exactly 1, no ties), drawn with ``--seed``.
@@ -125,8 +126,14 @@ PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
 #: epochs (scripts/necessary_all.sh does).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "complex": {"embedding_dim": 100, "epochs": 20, "lr": 0.01, "batch_size": 1024, "negatives": 4},
-    "transe": {"embedding_dim": 100, "epochs": 40, "lr": 0.01, "batch_size": 1024, "negatives": 4,
-               "loss": "marginranking"},
+    "transe": {
+        "embedding_dim": 100,
+        "epochs": 40,
+        "lr": 0.01,
+        "batch_size": 1024,
+        "negatives": 4,
+        "loss": "marginranking",
+    },
     "conve": {"embedding_dim": 100, "epochs": 15, "lr": 0.003, "batch_size": 1024, "negatives": 4},
 }
 BUNDLED = ("nations", "kinships", "umls")
@@ -513,7 +520,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss", choices=sorted(LOSSES), help="training loss (default: the model's)")
     parser.add_argument("--checkpoints", type=int, default=5, help="TracIn checkpoints, evenly spaced")
     parser.add_argument(
-        "--seeds", type=int, default=2, help="retraining seeds for TracIn top-k, random-head and the noise floor"
+        "--seeds",
+        type=int,
+        default=2,
+        help="retraining seeds for TracIn top-k, random-head and the noise floor",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-predictions", type=int, default=100)
@@ -669,7 +679,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         timing["per_prediction_s"] = timing["influence_all_checkpoints_s"] / max(1, count)
     result["explain_seconds"] = timing
     result["checkpoints"] = entries
-    sets = explanations(config, data, base, predictions, influence, self_influence, influence_last, args.seeds)
+    sets = explanations(
+        config, data, base, predictions, influence, self_influence, influence_last, args.seeds
+    )
     budget = config.budget
     plan: list[tuple[str, str, int]] = [("noise", "", config.seed + 1)]
     plan += [(name, name, config.seed) for name in sets if "@seed" not in name]

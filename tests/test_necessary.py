@@ -116,3 +116,26 @@ def test_transe_trains_with_margin_ranking_and_explains_with_its_positive_part(t
     bce = compute_influence(model, train, predictions, checkpoints=manifest, loss="bce")
     assert_rows_close(cached, score)
     assert not torch.allclose(cached, bce, rtol=1e-2, atol=0.0)
+
+
+def test_validation_sweep_trains_the_cells_model() -> None:
+    """The sweep's first stop is the cell's own model: the validation ranks of the cell's ``train``."""
+    import numpy as np
+
+    sweep = [sys.executable, str(ROOT / "scripts" / "validation_sweep.py"), "--smoke"]
+    sweep += ["--epochs", "3", "5", "--seeds", "0", "1", "--valid", "100"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # one JSON line per (seed, epochs)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import necessary_explanations as cell
+
+    assert [(line["seed"], line["epochs"]) for line in lines] == [(0, 3), (0, 5), (1, 3), (1, 5)]
+    assert all("kept_first" in line for line in lines[2:]) and "ranked_first" in lines[0]
+    config = cell.make_config(cell.parse_args(["--smoke", "--epochs", "3"]))
+    data = cell.load_data(config)
+    model = cell.train(config, data, [], 0, None)
+    ranks = cell.tail_ranks(model, data.valid[:100], data.known_tails)
+    assert round(float(np.mean(1.0 / ranks)), 4) == lines[0]["valid_tail_mrr"]
+    assert int((ranks == 1).sum()) == lines[0]["ranked_first"]

@@ -1,0 +1,111 @@
+"""Validation tail MRR of a necessary-explanations cell's model as training goes on, and how much of it
+another seed keeps: the numbers the cells' settings were chosen by, without looking at a test triple.
+
+Trains the cell's model (the same data, loss, optimiser and loop as ``necessary_explanations.py``, with
+its command-line settings) once per ``--seeds`` and, after each of ``--epochs`` (cumulative), ranks the
+tails of the first ``--valid`` validation triples (filtered by train + valid + test). Prints one JSON
+line per (seed, epochs). From the second seed on, the line also says which share of the validation
+triples the first seed ranks first this seed ranks first too (``kept_first``), and their MRR under this
+seed (``mrr_of_first``): a validation estimate of the protocol's noise floor (1 - that MRR, negated).
+
+    python scripts/validation_sweep.py --dataset fb15k237 --model transe --lr 0.001 --epochs 10 20
+    python scripts/validation_sweep.py --dataset fb15k237 --model complex --lr 0.001 --epochs 13 25 \
+        --seeds 0 1 --valid 3000
+    python scripts/validation_sweep.py --smoke     # seconds: Nations (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import necessary_explanations as cell
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--epochs", type=int, nargs="+", default=[10, 20], help="cumulative epochs to evaluate at"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--valid", type=int, default=1000, help="the first N validation triples")
+    known, rest = parser.parse_known_args(argv)
+    return known, rest  # the rest: necessary_explanations.py's options (--dataset, --model, --lr, ...)
+
+
+def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    from pykeen.training import SLCWATrainingLoop
+    from pykeen.utils import set_random_seed
+
+    args, rest = parse_args(argv)
+    options = cell.parse_args(rest)
+    torch.set_num_threads(options.threads)
+    warnings.filterwarnings("ignore")  # a script: PyKEEN / torch deprecation chatter
+    logging.getLogger("pykeen").setLevel(logging.ERROR)
+    gc.freeze()  # as in the cell: PyKEEN's per-epoch gc.collect() is slow with torch imported
+    config = cell.make_config(options)
+    data = cell.load_data(config)
+    valid = data.valid[: args.valid]
+    first: dict[int, np.ndarray] = {}
+    lines = []
+    for seed in args.seeds:
+        model = cell.build_model(config, data.training, seed)
+        loop = SLCWATrainingLoop(
+            model=model,
+            triples_factory=data.training,
+            optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+            negative_sampler="basic",
+            negative_sampler_kwargs={"num_negs_per_pos": config.negatives},
+        )
+        set_random_seed(seed)
+        started = time.perf_counter()
+        for epochs in sorted(args.epochs):
+            model.train()
+            loop.train(
+                triples_factory=data.training,
+                num_epochs=epochs,  # cumulative: the loop continues from the epoch it stopped at
+                batch_size=config.batch_size,
+                use_tqdm=False,
+                pin_memory=False,
+                sub_batch_size=config.batch_size,
+                clear_optimizer=False,
+            )
+            model.eval()
+            ranks = cell.tail_ranks(model, valid, data.known_tails)
+            line: dict[str, Any] = {
+                "dataset": config.dataset,
+                "model": config.model,
+                "lr": config.lr,
+                "seed": seed,
+                "epochs": epochs,
+                "valid_tail_mrr": round(float(np.mean(1.0 / ranks)), 4),
+                "valid_tail_h1": round(float(np.mean(ranks == 1)), 4),
+                "seconds": round(time.perf_counter() - started),
+            }
+            if seed == args.seeds[0]:
+                first[epochs] = ranks == 1
+                line["ranked_first"] = int(first[epochs].sum())
+            elif first[epochs].any():
+                line["kept_first"] = round(float(np.mean(ranks[first[epochs]] == 1)), 4)
+                line["mrr_of_first"] = round(float(np.mean(1.0 / ranks[first[epochs]])), 4)
+            print(json.dumps(line), flush=True)
+            lines.append(line)
+    return lines
+
+
+if __name__ == "__main__":
+    sweep()
