@@ -148,10 +148,9 @@ MODEL_NAMES = {"complex": "ComplEx", "transe": "TransE", "conve": "ConvE"}
 #: TransE: softplus collapsed it on WN18RR (test MRR 0.015 after 40 epochs: a distance is >= 0, so
 #: softplus(-d) hardly pushes negatives away), so it is trained as Bordes et al. and Kelpie train it, with
 #: a margin ranking loss; the positive triple's part of max(0, 1 + d(pos) - d(neg)) is d(pos) = -f, the
-#: ``score`` loss. Learning rates chosen on 1,000 validation triples (tail MRR after 10 / 20 epochs):
-#: FB15k-237: lr 0.01: 0.133 / 0.123; 0.001: 0.210 / 0.203; 0.0003: 0.119 / 0.121, hence ``--lr 0.001
-#: --epochs 10`` there (scripts/necessary_all.sh); WN18RR: lr 0.001: 0.008 / 0.006, against 0.101 at
-#: 0.01 after 40 epochs, but with a tail hits@1 of 0.001 either way (too few predictions ranked first).
+#: ``score`` loss. Learning rates chosen on 1,000 validation triples (scripts/validation_sweep.py; tail
+#: MRR after 10 / 20 epochs): FB15k-237: lr 0.01: 0.110 / 0.118; 0.001: 0.196 / 0.196; 0.0003: 0.121 /
+#: 0.119, hence ``--lr 0.001 --epochs 10`` there (scripts/necessary_all.sh). WN18RR: see the README.
 LOSSES: dict[str, tuple[str, str, str]] = {
     "softplus": ("SoftplusLoss", "softplus (BCE with logits)", "bce"),
     "marginranking": ("MarginRankingLoss", "margin ranking, margin 1", "score"),
