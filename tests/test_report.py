@@ -328,6 +328,23 @@ def test_report_and_evaluate_import_neither_lightning_nor_pykeen() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_cli_subcommands_other_than_predict_start_without_lightning() -> None:
+    heavy = "any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules)"
+    done = run_python(
+        "import contextlib, io, sys\n"
+        "from tracin_lightning.cli import main\n"
+        "for command in ('evaluate', 'report', 'prepare', '--help'):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main([command, '--help'])\n"
+        f"assert not {heavy}, 'Lightning imported'\n"
+        "from tracin_lightning.cli import TracInCLI, WriterConfigCallback\n"  # still there, on first use
+        "from lightning.pytorch.cli import LightningCLI, SaveConfigCallback\n"
+        "assert issubclass(TracInCLI, LightningCLI)\n"
+        "assert issubclass(WriterConfigCallback, SaveConfigCallback)\n"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 #: makes matplotlib and networkx look uninstalled: not importable, and no package metadata
 #: (torchmetrics and Lightning look matplotlib up by its metadata before importing it)
 HIDE_REPORT_EXTRA = """

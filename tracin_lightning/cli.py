@@ -1,5 +1,6 @@
-"""``tracin-lightning SUBCOMMAND ...``: ``predict`` is a LightningCLI over TracInModule and TriplesDataModule;
-``prepare``, ``evaluate`` and ``report`` are small argparse commands. Each is one entry of
+"""``tracin-lightning SUBCOMMAND ...``: ``predict`` is a LightningCLI over TracInModule and TriplesDataModule
+(:mod:`tracin_lightning.lightning.cli`, imported for that subcommand only); ``prepare``, ``evaluate``,
+``report``, ``index`` and ``explain`` are small argparse commands. Each is one entry of
 :data:`SUBCOMMANDS` (name -> help line and function), which ``tracin-lightning --help`` lists.
 """
 
@@ -8,86 +9,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from typing_extensions import override
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import TracInInputError
-from .lightning.datamodule import TriplesDataModule
-from .lightning.module import TracInModule
-from .lightning.writer import InfluenceWriter
-from .outputs.atomic import atomic_path
-from .outputs.directory import require_writable_dir
 
-__all__ = ["DEBUG_ENV", "SUBCOMMANDS", "Subcommand", "TracInCLI", "WriterConfigCallback", "main"]
+if TYPE_CHECKING:  # imported on first use (see __getattr__): only predict needs Lightning
+    from .lightning.cli import TRAINER_DEFAULTS, TracInCLI, WriterConfigCallback
+
+__all__ = [
+    "DEBUG_ENV",
+    "SUBCOMMANDS",
+    "TRAINER_DEFAULTS",
+    "Subcommand",
+    "TracInCLI",
+    "WriterConfigCallback",
+    "main",
+]
 
 #: Set to 1 (or pass ``--debug``) for the full traceback instead of the one-line ``error:`` message.
 DEBUG_ENV = "TRACIN_LIGHTNING_DEBUG"
-
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "inference_mode": False,  # TracIn differentiates inside predict
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_model_summary": False,
-}
-
-
-class WriterConfigCallback(SaveConfigCallback):
-    """Keeps the resolved configuration as ``config.yaml`` beside the results (the writer's ``output_dir``).
-
-    SaveConfigCallback's documented extension point: ``save_to_log_dir=False`` and our own
-    :meth:`save_config` (called on rank 0 only, once). The file is written atomically and replaced by a
-    rerun (a resumed run writes the same configuration again).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
-
-    @override
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        writers = [c for c in trainer.callbacks if isinstance(c, InfluenceWriter)]  # type: ignore[attr-defined]
-        if not writers:
-            return
-        text = self.parser.dump(self.config, skip_none=False)
-        with atomic_path(writers[0].output_dir / self.config_filename) as tmp:
-            tmp.write_text(text)
-
-
-class TracInCLI(LightningCLI):
-    """LightningCLI with TracIn defaults: gradients on, results through :class:`InfluenceWriter`.
-
-    ``model.*`` configures :class:`TracInModule`, ``data.*`` :class:`TriplesDataModule`,
-    ``writer.*`` the output files and ``trainer.*`` devices, precision and DDP.
-    """
-
-    @staticmethod
-    @override
-    def subcommands() -> dict[str, set[str]]:
-        return {"predict": {"model", "dataloaders", "datamodule"}}
-
-    @override
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(InfluenceWriter, "writer")
-
-    @override
-    def before_instantiate_classes(self) -> None:
-        # Before the model and the triples are read: a run that cannot write its results fails at once.
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        output_dir = (config.get("writer") or {}).get("output_dir") if config is not None else None
-        if output_dir is not None:
-            require_writable_dir(output_dir, what="writer.output_dir")
-
-    @override
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # Results go through the writer; keeping every batch's (T, B) matrix in memory is a trap.
-        # A default of the whole parser (so --print_config and config.yaml show it), not a private hook.
-        parser.set_defaults({"predict.return_predictions": False})
-        super().parse_arguments(parser, args)
 
 
 def prepare(args: list[str]) -> None:
@@ -162,6 +104,8 @@ def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any
     from .inputs.triples import read_test_triples, read_train_triples, select_rows
 
     if data.get("train_path") is None:
+        from .lightning.datamodule import TriplesDataModule
+
         datamodule = TriplesDataModule(**data)
         if datamodule.maps is None:
             raise TracInInputError(f"{config_path}: the run has no label maps")
@@ -243,20 +187,9 @@ def main(args: list[str] | None = None) -> None:
 
 def predict(args: list[str]) -> None:
     """``tracin-lightning predict --config run.yaml``: the LightningCLI run (``args`` after the name)."""
-    # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
-    # indices; the writer uses each batch's own "index" instead.
-    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    TracInCLI(
-        TracInModule,
-        TriplesDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=WriterConfigCallback,
-        auto_configure_optimizers=False,
-        seed_everything_default=False,  # nothing is random in TracIn; seeding only printed two lines
-        # from the console sys.argv already holds these (LightningCLI warns when given both, and DDP
-        # relaunches sys.argv); from Python (tests, notebooks) they are passed
-        args=None if sys.argv[1:] == ["predict", *args] else ["predict", *args],
-    )
+    from .lightning.cli import run_predict  # Lightning is imported for this subcommand only
+
+    run_predict(args)
 
 
 def _index(args: list[str]) -> None:
@@ -316,6 +249,15 @@ def _dispatch(argv: list[str]) -> None:
         print(f"\ntracin-lightning: error: unknown subcommand {argv[0]!r}", file=sys.stderr)
         raise SystemExit(2)
     command.run(argv[1:])
+
+
+def __getattr__(name: str) -> Any:
+    """``TracInCLI``, ``WriterConfigCallback`` and ``TRAINER_DEFAULTS`` from their module, on first use."""
+    if name in ("TracInCLI", "WriterConfigCallback", "TRAINER_DEFAULTS"):
+        from .lightning import cli
+
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
-from ..cli import TRAINER_DEFAULTS, TracInCLI
 from ..errors import TracInInputError
+from ..lightning.cli import TRAINER_DEFAULTS, TracInCLI
 from ..lightning.datamodule import TriplesDataModule
 from ..outputs.atomic import atomic_path
 from .build import IndexModule, IndexWriter
