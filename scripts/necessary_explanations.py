@@ -264,11 +264,39 @@ def build_model(config: Config, factory: Any, seed: int) -> nn.Module:
     )
 
 
+class Training:
+    """PyKEEN's sLCWA loop with the cell's optimiser (Adam), negatives and batch size, seeded once."""
+
+    def __init__(self, config: Config, model: nn.Module, factory: Any, seed: int) -> None:
+        from pykeen.training import SLCWATrainingLoop
+        from pykeen.utils import set_random_seed
+
+        self.config, self.factory = config, factory
+        self.loop = SLCWATrainingLoop(
+            model=model,
+            triples_factory=factory,
+            optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+            negative_sampler="basic",
+            negative_sampler_kwargs={"num_negs_per_pos": config.negatives},
+        )
+        set_random_seed(seed)
+
+    def until(self, epoch: int, **options: Any) -> None:
+        """Train on to ``epoch`` (counted from the start; ``options``: more of ``loop.train``'s)."""
+        self.loop.train(
+            triples_factory=self.factory,
+            num_epochs=epoch,
+            batch_size=self.config.batch_size,
+            use_tqdm=False,
+            pin_memory=False,
+            sub_batch_size=self.config.batch_size,  # no memory probing: CPU
+            **options,
+        )
+
+
 def train(config: Config, data: Data, removed: Sequence[int], seed: int, directory: Path | None) -> nn.Module:
     """Train from scratch without the training rows ``removed``; TracIn checkpoints go to ``directory``."""
-    from pykeen.training import SLCWATrainingLoop
     from pykeen.triples import TriplesFactory
-    from pykeen.utils import set_random_seed
 
     keep = torch.ones(data.training.num_triples, dtype=torch.bool)
     keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
@@ -278,26 +306,9 @@ def train(config: Config, data: Data, removed: Sequence[int], seed: int, directo
         relation_to_id=data.training.relation_to_id,
     )
     model = build_model(config, factory, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loop = SLCWATrainingLoop(
-        model=model,
-        triples_factory=factory,
-        optimizer=optimizer,
-        negative_sampler="basic",
-        negative_sampler_kwargs={"num_negs_per_pos": config.negatives},
-    )
-    set_random_seed(seed)
     epochs = config.checkpoint_epochs()
     callbacks = [] if directory is None else [PyKEENTracInCallback(directory=directory, epochs=epochs)]
-    loop.train(
-        triples_factory=factory,
-        num_epochs=config.epochs,
-        batch_size=config.batch_size,
-        use_tqdm=False,
-        callbacks=callbacks,
-        pin_memory=False,
-        sub_batch_size=config.batch_size,  # no memory probing: CPU
-    )
+    Training(config, model, factory, seed).until(config.epochs, callbacks=callbacks)
     model.eval()
     return model
 

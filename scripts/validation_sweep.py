@@ -48,9 +48,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 
 def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    from pykeen.training import SLCWATrainingLoop
-    from pykeen.utils import set_random_seed
-
     args, rest = parse_args(argv)
     options = cell.parse_args(rest)
     torch.set_num_threads(options.threads)
@@ -64,26 +61,11 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     lines = []
     for seed in args.seeds:
         model = cell.build_model(config, data.training, seed)
-        loop = SLCWATrainingLoop(
-            model=model,
-            triples_factory=data.training,
-            optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-            negative_sampler="basic",
-            negative_sampler_kwargs={"num_negs_per_pos": config.negatives},
-        )
-        set_random_seed(seed)
+        trainer = cell.Training(config, model, data.training, seed)
         started = time.perf_counter()
         for epochs in sorted(args.epochs):
             model.train()
-            loop.train(
-                triples_factory=data.training,
-                num_epochs=epochs,  # cumulative: the loop continues from the epoch it stopped at
-                batch_size=config.batch_size,
-                use_tqdm=False,
-                pin_memory=False,
-                sub_batch_size=config.batch_size,
-                clear_optimizer=False,
-            )
+            trainer.until(epochs, clear_optimizer=False)  # continues from the epoch it stopped at
             model.eval()
             ranks = cell.tail_ranks(model, valid, data.known_tails)
             line: dict[str, Any] = {
