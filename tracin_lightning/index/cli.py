@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
 from ..errors import TracInInputError
-from ..lightning.cli import TRAINER_DEFAULTS, TracInCLI
-from ..lightning.datamodule import TriplesDataModule
+from ..lightning.cli import TracInCLI, launch
 from ..outputs.atomic import atomic_path
 from .build import IndexModule, IndexWriter
 
@@ -44,15 +42,7 @@ class IndexCLI(TracInCLI):
 
 def index(args: list[str]) -> None:
     """``tracin-lightning index --config run.yaml``: build an influence index (see :class:`IndexCLI`)."""
-    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    IndexCLI(
-        IndexModule,
-        TriplesDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=["predict", *args],
-    )
+    launch(IndexCLI, IndexModule, args, save_config_callback=None)  # before_predict keeps the config
 
 
 def _test_triples(found: Any, triples: list[list[str]]) -> Any:

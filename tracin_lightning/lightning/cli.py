@@ -20,7 +20,7 @@ from .datamodule import TriplesDataModule
 from .module import TracInModule
 from .writer import InfluenceWriter
 
-__all__ = ["TRAINER_DEFAULTS", "TracInCLI", "WriterConfigCallback", "run_predict"]
+__all__ = ["TRAINER_DEFAULTS", "TracInCLI", "WriterConfigCallback", "launch", "run_predict"]
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "inference_mode": False,  # TracIn differentiates inside predict
@@ -83,19 +83,37 @@ class TracInCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
 
-def run_predict(args: list[str]) -> None:
-    """``tracin-lightning predict --config run.yaml``: the LightningCLI run (``args`` after the name)."""
+def launch(
+    cli: type[TracInCLI],
+    module: type[L.LightningModule],
+    args: list[str],
+    *,
+    save_config_callback: type[SaveConfigCallback] | None,
+) -> None:
+    """Run ``cli`` over ``module`` and :class:`TriplesDataModule` with TracIn's defaults (``predict``).
+
+    Args:
+        cli: :class:`TracInCLI` or a subclass of it.
+        module: the LightningModule class whose ``predict_step`` does the work.
+        args: the command line after the subcommand's name.
+        save_config_callback: LightningCLI's ``save_config_callback``.
+    """
     # Batches are whole items of the dataset (batch_size=None), so Lightning cannot list their
-    # indices; the writer uses each batch's own "index" instead.
+    # indices; the writers use each batch's own "index" instead.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-    TracInCLI(
-        TracInModule,
+    cli(
+        module,
         TriplesDataModule,
         trainer_defaults=TRAINER_DEFAULTS,
-        save_config_callback=WriterConfigCallback,
+        save_config_callback=save_config_callback,
         auto_configure_optimizers=False,
         seed_everything_default=False,  # nothing is random in TracIn; seeding only printed two lines
         # from the console sys.argv already holds these (LightningCLI warns when given both, and DDP
         # relaunches sys.argv); from Python (tests, notebooks) they are passed
         args=None if sys.argv[1:] == ["predict", *args] else ["predict", *args],
     )
+
+
+def run_predict(args: list[str]) -> None:
+    """``tracin-lightning predict --config run.yaml``: the LightningCLI run (``args`` after the name)."""
+    launch(TracInCLI, TracInModule, args, save_config_callback=WriterConfigCallback)
