@@ -70,7 +70,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +178,22 @@ class Config:
     max_train: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "softplus"
+    retrain: str = "drop"
 
     def key(self, *extra: Any) -> str:
         """Hash of everything that decides a training run (and ``extra``: a removal set, a seed)."""
         fields = asdict(self)
-        if fields["loss"] == "softplus":  # the loss became a field later: softplus runs keep their keys
-            del fields["loss"]
+        # fields added later are left out at their first value, so that older runs keep their keys
+        for name, first in (("loss", "softplus"), ("retrain", "drop")):
+            if fields[name] == first:
+                del fields[name]
         text = json.dumps([fields, *extra], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def unremoved(self) -> Config:
+        """This configuration for training on every triple: how removals are retrained plays no part."""
+        return replace(self, retrain="drop")
 
     def checkpoint_epochs(self) -> list[int]:
         step = self.epochs / self.checkpoints
@@ -264,17 +272,84 @@ def build_model(config: Config, factory: Any, seed: int) -> nn.Module:
     )
 
 
-class Training:
-    """PyKEEN's sLCWA loop with the cell's optimiser (Adam), negatives and batch size, seeded once."""
+def triple_keys(triples: Tensor, num_entities: int, num_relations: int) -> Tensor:
+    """One int64 per (h, r, t), equal exactly when the triples are."""
+    return (triples[:, 0] * num_relations + triples[:, 1]) * num_entities + triples[:, 2]
 
-    def __init__(self, config: Config, model: nn.Module, factory: Any, seed: int) -> None:
+
+def _skipping_loop(skip: Tensor, **kwargs: Any) -> Any:
+    """PyKEEN's sLCWA loop that leaves the triples with keys ``skip`` out of every batch they fall in.
+
+    Batches, their order and their negatives are drawn from the full training set exactly as for the base
+    model, so a retrain differs from it only by the removed triples' terms of the loss (the mean is over
+    the rows kept).
+    """
+    from pykeen.training import SLCWATrainingLoop
+
+    class SkippingSLCWATrainingLoop(SLCWATrainingLoop):
+        def _process_batch(  # type: ignore[override]
+            self,
+            batch: dict[str, Tensor],
+            start: int,
+            stop: int,
+            label_smoothing: float = 0.0,
+            slice_size: int | None = None,
+        ) -> Tensor:
+            positives = batch["positives"][start:stop]
+            entities, relations = self.model.num_entities, self.model.num_relations
+            keep = ~torch.isin(triple_keys(positives, entities, relations), skip)
+            if not keep.any():  # every row removed: no loss, no gradient
+                return torch.zeros((), device=self.model.device, requires_grad=True) * 1.0
+            kept = {name: value[start:stop][keep] for name, value in batch.items()}
+            return self._process_batch_static(
+                model=self.model,
+                loss=self.loss,
+                mode=self.mode,
+                batch=kept,  # type: ignore[arg-type]
+                start=None,
+                stop=None,
+                label_smoothing=label_smoothing,
+                slice_size=slice_size,
+            )
+
+    return SkippingSLCWATrainingLoop(**kwargs)
+
+
+class Training:
+    """PyKEEN's sLCWA loop with the cell's optimiser (Adam), negatives and batch size, seeded once.
+
+    ``removed``: training rows to train without, the way ``config.retrain`` says. ``drop``: a training
+    set without them (the literature's retrain: with the same seed, the batches and negatives of every
+    other triple change too). ``paired``: the full training set's batches and negatives, with the removed
+    triples left out of the batches they fall in, so that the retrain differs from the base model's
+    training only by them (common random numbers; every copy of a removed triple is left out).
+    """
+
+    def __init__(
+        self, config: Config, model: nn.Module, data: Data, seed: int, removed: Sequence[int] = ()
+    ) -> None:
         from pykeen.training import SLCWATrainingLoop
+        from pykeen.triples import TriplesFactory
         from pykeen.utils import set_random_seed
 
-        self.config, self.factory = config, factory
-        self.loop = SLCWATrainingLoop(
+        full = data.training
+        loop: Any = SLCWATrainingLoop
+        self.config, self.factory = config, full
+        rows = torch.as_tensor(list(removed), dtype=torch.long)
+        if len(rows) and config.retrain == "paired":
+            skip = triple_keys(full.mapped_triples[rows], full.num_entities, full.num_relations)
+            loop = functools.partial(_skipping_loop, skip)
+        elif len(rows):
+            keep = torch.ones(full.num_triples, dtype=torch.bool)
+            keep[rows] = False
+            self.factory = TriplesFactory(
+                mapped_triples=full.mapped_triples[keep],
+                entity_to_id=full.entity_to_id,
+                relation_to_id=full.relation_to_id,
+            )
+        self.loop = loop(
             model=model,
-            triples_factory=factory,
+            triples_factory=self.factory,
             optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
             negative_sampler="basic",
             negative_sampler_kwargs={"num_negs_per_pos": config.negatives},
@@ -289,26 +364,17 @@ class Training:
             batch_size=self.config.batch_size,
             use_tqdm=False,
             pin_memory=False,
-            sub_batch_size=self.config.batch_size,  # no memory probing: CPU
+            sub_batch_size=self.config.batch_size,  # unsplit batches (PyKEEN still probes two first)
             **options,
         )
 
 
 def train(config: Config, data: Data, removed: Sequence[int], seed: int, directory: Path | None) -> nn.Module:
     """Train from scratch without the training rows ``removed``; TracIn checkpoints go to ``directory``."""
-    from pykeen.triples import TriplesFactory
-
-    keep = torch.ones(data.training.num_triples, dtype=torch.bool)
-    keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
-    factory = TriplesFactory(
-        mapped_triples=data.training.mapped_triples[keep],
-        entity_to_id=data.training.entity_to_id,
-        relation_to_id=data.training.relation_to_id,
-    )
-    model = build_model(config, factory, seed)
+    model = build_model(config, data.training, seed)
     epochs = config.checkpoint_epochs()
     callbacks = [] if directory is None else [PyKEENTracInCallback(directory=directory, epochs=epochs)]
-    Training(config, model, factory, seed).until(config.epochs, callbacks=callbacks)
+    Training(config, model, data, seed, removed).until(config.epochs, callbacks=callbacks)
     model.eval()
     return model
 
@@ -317,6 +383,8 @@ def trained(
     config: Config, data: Data, cache: Path, name: str, removed: Sequence[int], seed: int
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model trained without ``removed`` with ``seed``: from the cache, or trained and cached."""
+    if not removed:
+        config = config.unremoved  # the same training whichever way removals are retrained
     key = config.key(sorted(int(i) for i in removed), seed)
     folder = cache / "models" / f"{name}-{key}"
     weights = folder / "model.pt"
@@ -528,6 +596,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--negatives", type=int, help="negatives per positive (sLCWA)")
     parser.add_argument("--loss", choices=sorted(LOSSES), help="training loss (default: the model's)")
+    parser.add_argument(
+        "--retrain",
+        choices=("drop", "paired"),
+        default="drop",
+        help="drop: retrain on a training set without the removed triples (the literature's); paired: "
+        "on the full set's batches and negatives, with the removed triples left out of them",
+    )
     parser.add_argument("--checkpoints", type=int, default=5, help="TracIn checkpoints, evenly spaced")
     parser.add_argument(
         "--seeds",
@@ -569,6 +644,7 @@ def make_config(args: argparse.Namespace) -> Config:
         budget=budget,
         max_train=args.max_train,
         model_kwargs={**MODEL_KWARGS.get(args.model, {}), **json.loads(args.model_kwargs)},
+        retrain=args.retrain,
         **values,
     )
 
@@ -610,7 +686,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cache = Path(args.cache or f"runs/necessary/{config.dataset}_{config.model}")
     if args.smoke and args.cache is None:
         cache = Path("runs/necessary/smoke")
-    output = Path(args.output) if args.output else cache / "result.json"
+    default_output = "result.json" if config.retrain == "drop" else f"result-{config.retrain}.json"
+    output = Path(args.output) if args.output else cache / default_output
     wall = time.perf_counter()
     data = load_data(config)
     result: dict[str, Any] = {
@@ -667,14 +744,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train_ids = data.training.mapped_triples
     manifest = base_folder / "checkpoints" / "manifest.json"
     common = {"loss": LOSSES[config.loss][2], "batch_size": args.influence_batch_size}
-    pkey = config.key(chosen.tolist())
+    pkey = config.unremoved.key(chosen.tolist())  # the base model's influence: the same either way
     influence, seconds = cached_tensor(
         cache / f"influence-{pkey}.pt",
         lambda: compute_influence(base, train_ids, predictions, checkpoints=str(manifest), **common),
     )
     timing: dict[str, Any] = {"influence_all_checkpoints_s": seconds}
     self_influence, seconds = cached_tensor(
-        cache / f"self-influence-{config.key()}.pt",
+        cache / f"self-influence-{config.unremoved.key()}.pt",
         lambda: compute_self_influence(base, train_ids, checkpoints=str(manifest), **common),
     )
     timing["self_influence_s"] = seconds

@@ -7,10 +7,15 @@ tails of the first ``--valid`` validation triples (filtered by train + valid + t
 line per (seed, epochs). From the second seed on, the line also says which share of the validation
 triples the first seed ranks first this seed ranks first too (``kept_first``), and their MRR under this
 seed (``mrr_of_first``): a validation estimate of the protocol's noise floor (1 - that MRR, negated).
+With ``--remove N``, every run after the first trains without N random training triples that mention no
+head or tail of those validation triples, retrained as ``--retrain`` says: with the first seed repeated
+(``--seeds 0 0``), a validation estimate of the same-seed floor (the cell's ``random-far`` row).
 
     python scripts/validation_sweep.py --dataset fb15k237 --model transe --lr 0.001 --epochs 10 20
     python scripts/validation_sweep.py --dataset fb15k237 --model complex --lr 0.001 --epochs 13 25 \
         --seeds 0 1 --valid 3000
+    python scripts/validation_sweep.py --dataset fb15k237 --model complex --epochs 13 --seeds 0 0 \
+        --remove 400 --retrain paired
     python scripts/validation_sweep.py --smoke     # seconds: Nations (CI)
 """
 
@@ -43,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--valid", type=int, default=1000, help="the first N validation triples")
+    parser.add_argument(
+        "--remove", type=int, default=0, help="runs after the first: without N random far training triples"
+    )
     known, rest = parser.parse_known_args(argv)
     return known, rest  # the rest: necessary_explanations.py's options (--dataset, --model, --lr, ...)
 
@@ -57,11 +65,17 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     config = cell.make_config(options)
     data = cell.load_data(config)
     valid = data.valid[: args.valid]
+    train = data.training.mapped_triples
+    touched = torch.zeros(data.training.num_entities, dtype=torch.bool)
+    touched[valid[:, 0]] = touched[valid[:, 2]] = True
+    far = (~touched[train[:, 0]] & ~touched[train[:, 2]]).nonzero().flatten().numpy()
+    removed = np.sort(np.random.default_rng(0).choice(far, size=min(args.remove, len(far)), replace=False))
     first: dict[int, np.ndarray] = {}
     lines = []
-    for seed in args.seeds:
+    for run, seed in enumerate(args.seeds):
         model = cell.build_model(config, data.training, seed)
-        trainer = cell.Training(config, model, data.training, seed)
+        without = removed.tolist() if run else []
+        trainer = cell.Training(config, model, data, seed, without)
         started = time.perf_counter()
         for epochs in sorted(args.epochs):
             model.train()
@@ -73,12 +87,14 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "model": config.model,
                 "lr": config.lr,
                 "seed": seed,
+                "removed": len(without),
+                "retrain": config.retrain,
                 "epochs": epochs,
                 "valid_tail_mrr": round(float(np.mean(1.0 / ranks)), 4),
                 "valid_tail_h1": round(float(np.mean(ranks == 1)), 4),
                 "seconds": round(time.perf_counter() - started),
             }
-            if seed == args.seeds[0]:
+            if run == 0:
                 first[epochs] = ranks == 1
                 line["ranked_first"] = int(first[epochs].sum())
             elif first[epochs].any():

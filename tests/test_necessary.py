@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +83,6 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
 
 def test_transe_trains_with_margin_ranking_and_explains_with_its_positive_part(tmp_path: Path) -> None:
     """TransE's cell: margin-ranking training, TracIn on -f (the ``score`` loss), its own cache keys."""
-    import torch
 
     from tracin_lightning import compute_influence
     from tracin_lightning.testing import assert_rows_close
@@ -139,3 +141,46 @@ def test_validation_sweep_trains_the_cells_model() -> None:
     ranks = cell.tail_ranks(model, data.valid[:100], data.known_tails)
     assert round(float(np.mean(1.0 / ranks)), 4) == lines[0]["valid_tail_mrr"]
     assert int((ranks == 1).sum()) == lines[0]["ranked_first"]
+
+
+def _batches_seen(monkeypatch: Any, cell: Any, config: Any, data: Any, removed: list[int]) -> list[Any]:
+    """Every (positives, negatives) pair the sLCWA loop computes a loss on while training ``config``."""
+    from pykeen.training import SLCWATrainingLoop
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    process = SLCWATrainingLoop._process_batch_static
+
+    def recording(*, batch: Any, start: Any, stop: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append((batch["positives"][start:stop].clone(), batch["negatives"][start:stop].clone()))
+        return process(batch=batch, start=start, stop=stop, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SLCWATrainingLoop, "_process_batch_static", staticmethod(recording))
+        cell.train(config, data, removed, 0, None)
+    return seen
+
+
+def test_paired_retrain_leaves_out_only_the_removed_triples(monkeypatch: Any) -> None:
+    """``--retrain paired``: the base model's batches and negatives, less the removed triples' rows."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import necessary_explanations as cell
+
+    config = cell.make_config(cell.parse_args(["--smoke", "--epochs", "2", "--retrain", "paired"]))
+    data = cell.load_data(config)
+    triples = data.training.mapped_triples
+    removed = list(range(0, len(triples), 7))  # some rows of every batch
+    gone = {tuple(row) for row in triples[removed].tolist()}
+    base = _batches_seen(monkeypatch, cell, config, data, [])
+    paired = _batches_seen(monkeypatch, cell, config, data, removed)
+    assert len(base) == len(paired) and len(base) > 2
+    for (positives, negatives), (kept, kept_negatives) in zip(base, paired):
+        keep = torch.as_tensor([tuple(row) not in gone for row in positives.tolist()])
+        assert 0 < int(keep.sum()) < len(keep)
+        assert torch.equal(kept, positives[keep]) and torch.equal(kept_negatives, negatives[keep])
+    # the literature's retrain (``drop``) never sees a removed triple either, but its batches are others
+    dropped = _batches_seen(monkeypatch, cell, cell.replace(config, retrain="drop"), data, removed)
+    flat, kept_flat = torch.cat([p for p, _ in dropped]), torch.cat([k for k, _ in paired])
+    assert not any(tuple(row) in gone for row in flat.tolist())
+    assert not torch.equal(flat[:100], kept_flat[:100])
+    # nothing removed: the same training either way, so the base model and its cache key are shared
+    assert config.unremoved.key([], 0) == cell.replace(config, retrain="drop").key([], 0) != config.key([], 0)
