@@ -59,6 +59,11 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     entities = {e for h, _, t in predictions["triples"] for e in (h, t)}
     far = [mapped[i] for rows in sets[f"random-far@k={budget}"] for i in rows]
     assert len(far) == 10 * budget and not any(h in entities or t in entities for h, _, t in far)
+    stats = result["removal_stats"]
+    assert (
+        stats[f"random-far@k={budget}"]["neither"] == 1.0 and stats[f"tracin-head@k={budget}"]["head"] == 1.0
+    )
+    assert stats["tracin@k=1"]["distinct"] == len({one[0] for one in sets["tracin@k=1"]})
     # the k=1 proponent is the first of the top-k
     assert [one[0] for one in sets[f"tracin@k={budget}"]] == [one[0] for one in sets["tracin@k=1"]]
     retrains = result["retrains"]
