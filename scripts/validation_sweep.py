@@ -4,9 +4,11 @@ another seed keeps: the numbers the cells' settings were chosen by, without look
 Trains the cell's model (the same data, loss, optimiser and loop as ``necessary_explanations.py``, with
 its command-line settings) once per ``--seeds`` and, after each of ``--epochs`` (cumulative), ranks the
 tails of the first ``--valid`` validation triples (filtered by train + valid + test). Prints one JSON
-line per (seed, epochs). From the second seed on, the line also says which share of the validation
-triples the first seed ranks first this seed ranks first too (``kept_first``), and their MRR under this
-seed (``mrr_of_first``): a validation estimate of the protocol's noise floor (1 - that MRR, negated).
+line per (seed, epochs), with the share of those triples whose head itself scores above the true tail as
+a candidate tail (``head_above_tail``). From the second seed on, the line also says which share of the
+validation triples the first seed ranks first this seed ranks first too (``kept_first``), and their MRR
+under this seed (``mrr_of_first``): a validation estimate of the protocol's noise floor (1 - that MRR,
+negated).
 With ``--remove N``, every run after the first trains without N random training triples that mention no
 head or tail of those validation triples, retrained as ``--retrain`` says: with the first seed repeated
 (``--seeds 0 0``), a validation estimate of the same-seed floor (the cell's ``random-far`` row).
@@ -82,6 +84,9 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             trainer.until(epochs, clear_optimizer=False)  # continues from the epoch it stopped at
             model.eval()
             ranks = cell.tail_ranks(model, valid, data.known_tails)
+            with torch.no_grad():  # TransE's failure on WN18RR: a near-zero relation makes h its own tail
+                itself = model.score_hrt(valid[:, [0, 1, 0]]).flatten()
+                true = model.score_hrt(valid).flatten()
             line: dict[str, Any] = {
                 "dataset": config.dataset,
                 "model": config.model,
@@ -92,6 +97,7 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "epochs": epochs,
                 "valid_tail_mrr": round(float(np.mean(1.0 / ranks)), 4),
                 "valid_tail_h1": round(float(np.mean(ranks == 1)), 4),
+                "head_above_tail": round(float((itself > true).float().mean()), 4),
                 "seconds": round(time.perf_counter() - started),
             }
             if run == 0:

@@ -145,6 +145,12 @@ def test_validation_sweep_trains_the_cells_model() -> None:
     model = cell.train(config, data, [], 0, None)
     ranks = cell.tail_ranks(model, data.valid[:100], data.known_tails)
     assert round(float(np.mean(1.0 / ranks)), 4) == lines[0]["valid_tail_mrr"]
+    with torch.no_grad():  # the head as its own tail, from the model's 1-N tail scores
+        valid = data.valid[:100]
+        scores = model.score_t(valid[:, :2])
+        rows = torch.arange(len(valid))
+        itself = scores[rows, valid[:, 0]] > scores[rows, valid[:, 2]]
+    assert round(float(itself.float().mean()), 4) == lines[0]["head_above_tail"]
     assert int((ranks == 1).sum()) == lines[0]["ranked_first"]
 
 
