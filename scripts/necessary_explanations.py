@@ -16,6 +16,9 @@ knowledge graph embeddings", SIGMOD 2022), with TracIn and same-model baselines 
    all predictions are removed from the training set at once, the model is retrained from scratch with
    the same seed and hyper-parameters, and the predictions' filtered tail H@1 and MRR are measured
    again. Reported: ΔH@1 and ΔMRR (after minus before; before is 1 / 1 by construction).
+   ``--retrain drop`` (default) retrains on the smaller training set, as the literature does;
+   ``--retrain paired`` on the base model's own batches and negatives with the removed triples left out
+   of them, so that nothing but the removal separates the two trainings (see ``Training``).
 
 Explainers (all on the same trained model; "mentions h": the training triple's head or tail is h):
 
@@ -33,7 +36,9 @@ Explainers (all on the same trained model; "mentions h": the training triple's h
 * ``random-head``: k random training triples mentioning h;
 * ``random-far``: k random training triples per prediction that mention no head or tail of any of the
   predictions: what removing that many triples does through retraining alone (the same seed, so the
-  same initialisation, but another order of batches and negatives), the floor for the same-seed rows;
+  same initialisation; with ``--retrain drop`` another order of batches and negatives too), the floor for
+  the same-seed rows;
+  ``--far-draws N``: N draws of it (``random-far@k=K@drawJ``), for the floor's spread;
 * ``similar-head``: the k training triples mentioning h whose embedding is most similar to the
   prediction's (cosine of the concatenated real-valued head, relation and tail representations);
 * ``noise``: no removal, retrained with seed + 1 (the noise floor of retraining);
@@ -532,8 +537,10 @@ def explanations(
     self_influence: Tensor,
     influence_last: Tensor | None,
     seeds: int = 2,
+    far_draws: int = 1,
 ) -> dict[str, list[list[int]]]:
-    """Each explainer's removal set per prediction (training row indices); random draws for ``seeds``."""
+    """Each explainer's removal set per prediction (training row indices); random draws for ``seeds``,
+    and ``far_draws`` draws of the far triples (all retrained with the base seed)."""
     train = data.training.mapped_triples
     budget = config.budget
     sets: dict[str, list[list[int]]] = {}
@@ -553,6 +560,7 @@ def explanations(
         *(f"random-head@k={budget}@seed{j}" for j in range(2, seeds + 1)),
         f"similar-head@k={budget}",
         f"random-far@k={budget}",
+        *(f"random-far@k={budget}@draw{j}" for j in range(2, far_draws + 1)),
     ):
         sets[name] = []
     draws = [(f"random-head@k={budget}", config.seed)]  # the second seed's draw is 1 whatever the seed
@@ -570,10 +578,11 @@ def explanations(
             rng = np.random.default_rng([seed, config.seed, i])
             count = min(budget, len(near))
             sets[name].append(sorted(near[rng.choice(len(near), size=count, replace=False)].tolist()))
-        rng = np.random.default_rng([config.seed, i, 2])
-        sets[f"random-far@k={budget}"].append(
-            sorted(far[rng.choice(len(far), size=min(budget, len(far)), replace=False)].tolist())
-        )
+        for j in range(1, far_draws + 1):  # the first draw's seed predates the draws: kept
+            rng = np.random.default_rng([config.seed, i, 2] if j == 1 else [config.seed, i, 2, j])
+            sets[f"random-far@k={budget}" + (f"@draw{j}" if j > 1 else "")].append(
+                sorted(far[rng.choice(len(far), size=min(budget, len(far)), replace=False)].tolist())
+            )
         if len(near):
             vectors = triple_vectors(model, torch.cat([predictions[i : i + 1], train[near]]))
             similarity = torch.nn.functional.cosine_similarity(vectors[:1], vectors[1:], dim=1)
@@ -644,6 +653,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=2,
         help="retraining seeds for TracIn top-k, random-head and the noise floor",
+    )
+    parser.add_argument(
+        "--far-draws", type=int, default=1, help="draws of random-far (the same-seed floor), for its spread"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-predictions", type=int, default=100)
@@ -819,7 +831,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["explain_seconds"] = timing
     result["checkpoints"] = entries
     sets = explanations(
-        config, data, base, predictions, influence, self_influence, influence_last, args.seeds
+        config, data, base, predictions, influence, self_influence, influence_last, args.seeds, args.far_draws
     )
     budget = config.budget
     plan: list[tuple[str, str, int]] = [("noise", "", config.seed + 1)]
@@ -846,11 +858,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         removed = sorted({i for one in sets.get(set_name, []) for i in one})
         model, info = trained(config, data, cache, name, removed, seed)
-        after = prediction_metrics(tail_ranks(model, predictions, data.known_tails))
+        ranks_after = tail_ranks(model, predictions, data.known_tails)
+        after = prediction_metrics(ranks_after)
         result["retrains"][name] = {
             **info,
             "removed_rows": removed,
             "after": after,
+            "ranks": ranks_after.tolist(),  # per prediction, in the order of result["predictions"]
             "delta": {"h@1": after["h@1"] - 1.0, "mrr": after["mrr"] - 1.0},
         }
         if name == "repeat":  # retraining is deterministic, or every delta above is partly noise

@@ -35,7 +35,7 @@ def run(cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    done = run(cache)
+    done = run(cache, "--far-draws", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((cache / "result.json").read_text())
     assert result["complete"] and result["config"]["dataset"] == "nations"
@@ -59,6 +59,10 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     entities = {e for h, _, t in predictions["triples"] for e in (h, t)}
     far = [mapped[i] for rows in sets[f"random-far@k={budget}"] for i in rows]
     assert len(far) == 10 * budget and not any(h in entities or t in entities for h, _, t in far)
+    again = [mapped[i] for rows in sets[f"random-far@k={budget}@draw2"] for i in rows]
+    assert len(again) == 10 * budget and not any(h in entities or t in entities for h, _, t in again)
+    assert sets[f"random-far@k={budget}@draw2"] != sets[f"random-far@k={budget}"]
+    assert result["retrains"][f"random-far@k={budget}@draw2"]["seed"] == train["seed"]
     stats = result["removal_stats"]
     assert (
         stats[f"random-far@k={budget}"]["neither"] == 1.0 and stats[f"tracin-head@k={budget}"]["head"] == 1.0
@@ -78,7 +82,7 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     assert "| tracin@k=1 | 10 |" in done.stdout and "| noise | 0 |" in done.stdout
 
     # a second run continues from the cache: nothing is trained again, same results
-    again = run(cache)
+    again = run(cache, "--far-draws", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training" not in again.stderr
     resumed = json.loads((cache / "result.json").read_text())
