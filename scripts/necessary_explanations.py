@@ -710,6 +710,22 @@ def same_seed_deltas(retrains: dict[str, dict[str, Any]]) -> None:
             entry["delta_same_seed"] = {m: entry["after"][m] - reference[m] for m in ("h@1", "mrr")}
 
 
+def spreads(retrains: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """ΔMRR against each row's own seed's unremoved model, mean and standard deviation over the rows of one
+    explainer (``name``, ``name@seedJ``: other seeds; ``name@drawJ``: other draws), where there are two+."""
+    groups: dict[str, list[float]] = {}
+    for name, entry in retrains.items():
+        if "delta_same_seed" in entry:
+            groups.setdefault(name.split("@seed")[0].split("@draw")[0], []).append(
+                entry["delta_same_seed"]["mrr"]
+            )
+    return {
+        name: {"n": len(values), "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))}
+        for name, values in groups.items()
+        if len(values) > 1
+    }
+
+
 def table(config: Config, result: dict[str, Any]) -> str:
     """The cell's rows as a markdown table: ΔH@1 / ΔMRR per explainer, Kelpie's published rows beside."""
     quality = result["base"]["quality"]
@@ -731,6 +747,10 @@ def table(config: Config, result: dict[str, Any]) -> str:
     for method, value in result["published_necessary"].items():
         if method != "length":
             lines.append(f"| {method} (published) | | {value[0]:+.2f} | {value[1]:+.3f} | |")
+    for name, spread in result.get("spreads", {}).items():
+        lines.append(
+            f"| {name}, {spread['n']} runs: mean ± sd | | | | {spread['mean']:+.3f} ± {spread['sd']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -878,6 +898,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         save()
 
     same_seed_deltas(result["retrains"])
+    result["spreads"] = spreads(result["retrains"])
     result["complete"] = not args.only
     result["wall_seconds_this_run"] = time.perf_counter() - wall
     save()

@@ -63,6 +63,13 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     assert len(again) == 10 * budget and not any(h in entities or t in entities for h, _, t in again)
     assert sets[f"random-far@k={budget}@draw2"] != sets[f"random-far@k={budget}"]
     assert result["retrains"][f"random-far@k={budget}@draw2"]["seed"] == train["seed"]
+    far_deltas = [result["retrains"][f"random-far@k={budget}{d}"]["delta"]["mrr"] for d in ("", "@draw2")]
+    assert result["spreads"][f"random-far@k={budget}"]["n"] == 2
+    assert abs(result["spreads"][f"random-far@k={budget}"]["mean"] - sum(far_deltas) / 2) < 1e-12
+    # another seed's row is measured against that seed's own unremoved model (``noise``)
+    second = result["retrains"][f"tracin@k={budget}@seed2"]
+    own = second["after"]["mrr"] - result["retrains"]["noise"]["after"]["mrr"]
+    assert abs(second["delta_same_seed"]["mrr"] - own) < 1e-12
     stats = result["removal_stats"]
     assert (
         stats[f"random-far@k={budget}"]["neither"] == 1.0 and stats[f"tracin-head@k={budget}"]["head"] == 1.0
