@@ -594,6 +594,17 @@ def explanations(
     return sets
 
 
+def entity_degrees(train: Tensor, predictions: Tensor, num_entities: int) -> dict[str, float]:
+    """Median number of training triples that mention the predictions' heads, and their tails."""
+    degree = torch.bincount(train[:, 0], minlength=num_entities) + torch.bincount(
+        train[:, 2], minlength=num_entities
+    )
+    return {
+        "median_head_degree": float(degree[predictions[:, 0]].float().median()),
+        "median_tail_degree": float(degree[predictions[:, 2]].float().median()),
+    }
+
+
 def removal_stats(train: Tensor, predictions: Tensor, sets: list[list[int]]) -> dict[str, float]:
     """Where an explainer's triples sit: the share that mention the prediction's head, its tail (not the
     head), neither; and how many distinct triples the sets of all predictions hold."""
@@ -821,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "triples": predictions.tolist(),
         "num_ranked_first": len(first),
         "num_test": len(data.test),
+        **entity_degrees(data.training.mapped_triples, predictions, data.training.num_entities),
     }
     save()
 

@@ -70,6 +70,9 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     second = result["retrains"][f"tracin@k={budget}@seed2"]
     own = second["after"]["mrr"] - result["retrains"]["noise"]["after"]["mrr"]
     assert abs(second["delta_same_seed"]["mrr"] - own) < 1e-12
+    degree = {e: sum(e in (h, t) for h, _, t in mapped) for e in range(14)}  # Nations: 14 entities
+    heads = sorted(degree[h] for h, _, _ in predictions["triples"])
+    assert predictions["median_head_degree"] == heads[4]  # torch's median of 10: the lower middle
     stats = result["removal_stats"]
     assert (
         stats[f"random-far@k={budget}"]["neither"] == 1.0 and stats[f"tracin-head@k={budget}"]["head"] == 1.0
