@@ -722,14 +722,20 @@ def same_seed_deltas(retrains: dict[str, dict[str, Any]]) -> None:
 
 
 def spreads(retrains: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """ΔMRR against each row's own seed's unremoved model, mean and standard deviation over the rows of one
-    explainer (``name``, ``name@seedJ``: other seeds; ``name@drawJ``: other draws), where there are two+."""
+    """ΔMRR against each row's own seed's unremoved model: mean and standard deviation over the other
+    seeds' rows of one explainer (``name@seedJ``: the explained model's own seed is left out, since its
+    sets were chosen for it) and over the draws of one (``name``, ``name@drawJ``), where there are two+."""
     groups: dict[str, list[float]] = {}
     for name, entry in retrains.items():
-        if "delta_same_seed" in entry:
-            groups.setdefault(name.split("@seed")[0].split("@draw")[0], []).append(
-                entry["delta_same_seed"]["mrr"]
-            )
+        if "delta_same_seed" not in entry:
+            continue
+        if "@seed" in name:
+            group = name.split("@seed")[0] + " (other seeds)"
+        elif any(other.startswith(name + "@draw") for other in retrains) or "@draw" in name:
+            group = name.split("@draw")[0] + " (draws)"
+        else:
+            continue
+        groups.setdefault(group, []).append(entry["delta_same_seed"]["mrr"])
     return {
         name: {"n": len(values), "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))}
         for name, values in groups.items()

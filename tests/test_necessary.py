@@ -64,8 +64,9 @@ def test_smoke_writes_every_removal_set_and_result(tmp_path: Path) -> None:
     assert sets[f"random-far@k={budget}@draw2"] != sets[f"random-far@k={budget}"]
     assert result["retrains"][f"random-far@k={budget}@draw2"]["seed"] == train["seed"]
     far_deltas = [result["retrains"][f"random-far@k={budget}{d}"]["delta"]["mrr"] for d in ("", "@draw2")]
-    assert result["spreads"][f"random-far@k={budget}"]["n"] == 2
-    assert abs(result["spreads"][f"random-far@k={budget}"]["mean"] - sum(far_deltas) / 2) < 1e-12
+    assert result["spreads"][f"random-far@k={budget} (draws)"]["n"] == 2
+    assert abs(result["spreads"][f"random-far@k={budget} (draws)"]["mean"] - sum(far_deltas) / 2) < 1e-12
+    assert f"tracin@k={budget} (other seeds)" not in result["spreads"]  # one other seed: no spread
     # another seed's row is measured against that seed's own unremoved model (``noise``)
     second = result["retrains"][f"tracin@k={budget}@seed2"]
     own = second["after"]["mrr"] - result["retrains"]["noise"]["after"]["mrr"]
