@@ -210,3 +210,18 @@ def test_paired_retrain_leaves_out_only_the_removed_triples(monkeypatch: Any) ->
     assert not torch.equal(flat[:100], kept_flat[:100])
     # nothing removed: the same training either way, so the base model and its cache key are shared
     assert config.unremoved.key([], 0) == cell.replace(config, retrain="drop").key([], 0) != config.key([], 0)
+
+
+def test_conve_profile_runs_on_a_bundled_dataset() -> None:
+    """``scripts/profile_conve.py`` (the README's ConvE cost figures) runs and times its three steps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "scripts" / "profile_conve.py"), "--dataset", "nations"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    timed = [line for line in done.stdout.splitlines() if line.endswith("s per batch (best of 2)")]
+    assert [line.split(":")[0] for line in timed] == [
+        "1-N, 256 (h, r) x every entity",
+        "sLCWA, 1,024 x 5 triples",
+        "its last layer as a matrix product",
+    ]
+    assert "aten::" in done.stdout  # the profiler's operator table
