@@ -499,6 +499,13 @@ def prediction_metrics(ranks: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------------------- explainers
 
 
+def far_rows(train: Tensor, triples: Tensor, num_entities: int) -> Tensor:
+    """Training rows that mention no head or tail of ``triples`` (the retraining floor's candidates)."""
+    touched = torch.zeros(num_entities, dtype=torch.bool)
+    touched[triples[:, 0]] = touched[triples[:, 2]] = True
+    return (~touched[train[:, 0]] & ~touched[train[:, 2]]).nonzero().flatten()
+
+
 def mentions(train: Tensor, entity: int) -> Tensor:
     return ((train[:, 0] == entity) | (train[:, 2] == entity)).nonzero().flatten()
 
@@ -546,9 +553,7 @@ def explanations(
     sets: dict[str, list[list[int]]] = {}
     norms = self_influence.clamp_min(1e-30).sqrt()
     cosine = influence / norms  # (P, N): the test norm is constant per row, so left out
-    touched = torch.zeros(data.training.num_entities, dtype=torch.bool)
-    touched[predictions[:, 0]] = touched[predictions[:, 2]] = True
-    far = (~touched[train[:, 0]] & ~touched[train[:, 2]]).nonzero().flatten()
+    far = far_rows(train, predictions, data.training.num_entities)
     for name in (
         "tracin@k=1",
         f"tracin@k={budget}",

@@ -67,10 +67,7 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     config = cell.make_config(options)
     data = cell.load_data(config)
     valid = data.valid[: args.valid]
-    train = data.training.mapped_triples
-    touched = torch.zeros(data.training.num_entities, dtype=torch.bool)
-    touched[valid[:, 0]] = touched[valid[:, 2]] = True
-    far = (~touched[train[:, 0]] & ~touched[train[:, 2]]).nonzero().flatten().numpy()
+    far = cell.far_rows(data.training.mapped_triples, valid, data.training.num_entities).numpy()
     removed = np.sort(np.random.default_rng(0).choice(far, size=min(args.remove, len(far)), replace=False))
     first: dict[int, np.ndarray] = {}
     lines = []
