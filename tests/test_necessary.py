@@ -221,7 +221,60 @@ def test_conve_profile_runs_on_a_bundled_dataset() -> None:
     timed = [line for line in done.stdout.splitlines() if line.endswith("s per batch (best of 2)")]
     assert [line.split(":")[0] for line in timed] == [
         "1-N, 256 (h, r) x every entity",
+        "the same with MatmulConvEInteraction",
         "sLCWA, 1,024 x 5 triples",
         "its last layer as a matrix product",
     ]
     assert "aten::" in done.stdout  # the profiler's operator table
+
+
+def test_conve_trains_one_to_n_and_is_explained_as_pykeens_conve(tmp_path: Path) -> None:
+    """ConvE's cell: 1-N training with inverse triples, both sides ranked, and the cached influence and
+    ranks equal those of PyKEEN's own ConvE (no matrix-product forward) loaded with the saved weights."""
+    import numpy as np
+    from pykeen.datasets import Nations
+    from pykeen.models import ConvE
+    from pykeen.triples import TriplesFactory
+
+    from tracin_lightning import compute_influence
+    from tracin_lightning.testing import assert_rows_close
+
+    cache = tmp_path / "cache"
+    done = run(cache, "--model", "conve", "--retrain", "paired", "--only", "noise", "tracin@k=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((cache / "result-paired.json").read_text())
+    assert result["config"]["loop"] == "lcwa" and result["config"]["loss"] == "bce"
+    assert result["training"]["loop"] == "LCWA (1-N), inverse triples"
+    assert result["base"]["quality"]["sides"] == "both"
+    nations = Nations()
+    training = nations.training
+    factory = TriplesFactory(
+        mapped_triples=training.mapped_triples,
+        entity_to_id=training.entity_to_id,
+        relation_to_id=training.relation_to_id,
+        create_inverse_triples=True,
+    )
+    (base,) = (cache / "models").glob("base-*")
+    model = ConvE(triples_factory=factory, embedding_dim=8, random_seed=0)
+    model.load_state_dict(torch.load(base / "model.pt", weights_only=True))
+    model.eval()
+    predictions = torch.as_tensor(result["predictions"]["triples"])
+    with torch.no_grad():  # each prediction ranked first by PyKEEN's predict_t, ties included
+        scores = model.predict_t(predictions[:, :2])
+    rows = torch.arange(len(predictions))
+    true = scores[rows, predictions[:, 2]]
+    known = torch.cat([split.mapped_triples for split in (training, nations.validation, nations.testing)])
+    for i, (h, r, t) in enumerate(predictions.tolist()):
+        others = known[(known[:, 0] == h) & (known[:, 1] == r), 2]
+        scores[i, others[others != t]] = -float("inf")
+    assert torch.equal((scores >= true[:, None]).sum(1), torch.ones(len(predictions), dtype=torch.long))
+    (influence_path,) = cache.glob("influence-[0-9a-f]*.pt")
+    manifest = str(base / "checkpoints" / "manifest.json")
+    reference = compute_influence(
+        model, training.mapped_triples, predictions, checkpoints=manifest, loss="bce"
+    )
+    assert_rows_close(torch.load(influence_path, weights_only=True), reference)
+    # the paired retrain trained on every row; the removed triples' labels were 0
+    entry = result["retrains"]["tracin@k=3"]
+    assert entry["num_removed"] == len(entry["removed_rows"]) > 0
+    assert np.isfinite(entry["delta"]["mrr"])
