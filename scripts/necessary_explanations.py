@@ -952,9 +952,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ]
         if j > 2:
             plan.append((f"noise@seed{j}", "", config.seed + j - 1))
-    # required explainers first, so that a short sitting gets them
+    # required explainers first, so that a short sitting gets them, then the same-seed floor (the one the
+    # paired retrain is read against)
     order = ["noise", "tracin@k=1", f"tracin@k={budget}", f"tracin-head@k={budget}"]
-    order += [f"random-head@k={budget}", f"similar-head@k={budget}"]
+    order += [f"random-head@k={budget}", f"similar-head@k={budget}", f"random-far@k={budget}"]
     plan.sort(key=lambda item: order.index(item[0]) if item[0] in order else len(order))
     result["removal_sets"] = sets
     result["removal_stats"] = {name: removal_stats(train_ids, predictions, one) for name, one in sets.items()}
