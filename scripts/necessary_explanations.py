@@ -198,6 +198,7 @@ LOSSES: dict[str, tuple[str, str, str]] = {
     "softplus": ("SoftplusLoss", "softplus (BCE with logits)", "bce"),
     "marginranking": ("MarginRankingLoss", "margin ranking, margin 1", "score"),
     "bce": ("BCEWithLogitsLoss", "BCE with logits against every entity (1-N)", "bce"),
+    "crossentropy": ("CrossEntropyLoss", "softmax cross-entropy over every entity (1-N)", "ce"),
 }
 #: Training loops: sLCWA (positives and ``negatives`` uniform corruptions each), or 1-N (LCWA: every
 #: entity scored as the tail of each (h, r), with inverse triples, so heads are predicted as the tails
@@ -873,9 +874,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "label_smoothing": config.label_smoothing,
             "optimizer": "Adam",
         },
-        "tracin_loss": {"bce": "bce = softplus(-f(h, r, t))", "score": "score = -f(h, r, t)"}[
-            LOSSES[config.loss][2]
-        ],
+        "tracin_loss": {
+            "bce": "bce = softplus(-f(h, r, t))",
+            "score": "score = -f(h, r, t)",
+            "ce": "ce = -log softmax over every tail of f(h, r, t)",
+        }[LOSSES[config.loss][2]],
         "retrains": {},
     }
 

@@ -82,19 +82,23 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             model.eval()
             ranks = cell.tail_ranks(model, valid, data.known_tails)
             with torch.no_grad():  # TransE's failure on WN18RR: a near-zero relation makes h its own tail
-                itself = model.score_hrt(valid[:, [0, 1, 0]]).flatten()
-                true = model.score_hrt(valid).flatten()
+                # relation ids mapped as PyKEEN's predict_hrt maps them (a model with inverse triples)
+                itself = model.score_hrt(model._prepare_batch(valid[:, [0, 1, 0]], index_relation=1))
+                true = model.score_hrt(model._prepare_batch(valid, index_relation=1))
             line: dict[str, Any] = {
                 "dataset": config.dataset,
                 "model": config.model,
                 "lr": config.lr,
+                "loss": config.loss,
+                "loop": config.loop,
+                "model_kwargs": config.model_kwargs,
                 "seed": seed,
                 "removed": len(without),
                 "retrain": config.retrain,
                 "epochs": epochs,
                 "valid_tail_mrr": round(float(np.mean(1.0 / ranks)), 4),
                 "valid_tail_h1": round(float(np.mean(ranks == 1)), 4),
-                "head_above_tail": round(float((itself > true).float().mean()), 4),
+                "head_above_tail": round(float((itself.flatten() > true.flatten()).float().mean()), 4),
                 "seconds": round(time.perf_counter() - started),
             }
             if run == 0:

@@ -169,6 +169,29 @@ def test_validation_sweep_trains_the_cells_model() -> None:
     assert int((ranks == 1).sum()) == lines[0]["ranked_first"]
 
 
+def test_validation_sweep_maps_the_relations_of_a_model_with_inverse_triples() -> None:
+    """ConvE (1-N, inverse triples): the sweep's head-above-tail share is PyKEEN's predict_t's."""
+    sweep = [sys.executable, str(ROOT / "scripts" / "validation_sweep.py"), "--smoke", "--model", "conve"]
+    sweep += ["--epochs", "2", "--valid", "100"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [json.loads(one) for one in done.stdout.splitlines()]
+    assert line["loop"] == "lcwa" and line["loss"] == "bce"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import necessary_explanations as cell
+
+    config = cell.make_config(cell.parse_args(["--smoke", "--model", "conve", "--epochs", "2"]))
+    data = cell.load_data(config)
+    model = cell.train(config, data, [], 0, None)
+    valid = data.valid[:100]
+    with torch.no_grad():
+        scores = model.predict_t(valid[:, :2])
+    rows = torch.arange(len(valid))
+    itself = scores[rows, valid[:, 0]] > scores[rows, valid[:, 2]]
+    assert round(float(itself.float().mean()), 4) == line["head_above_tail"]
+
+
 def _batches_seen(monkeypatch: Any, cell: Any, config: Any, data: Any, removed: list[int]) -> list[Any]:
     """Every (positives, negatives) pair the sLCWA loop computes a loss on while training ``config``."""
     from pykeen.training import SLCWATrainingLoop
