@@ -417,9 +417,12 @@ class Training:
                 relation_to_id=full.relation_to_id,
                 create_inverse_triples=full.create_inverse_triples,
             )
-        sampling = {} if one_to_n else {"negative_sampler": "basic"}
+        sampling: dict[str, Any] = {}  # 1-N training scores every entity: no negatives to draw
         if not one_to_n:
-            sampling["negative_sampler_kwargs"] = {"num_negs_per_pos": config.negatives}
+            sampling = {
+                "negative_sampler": "basic",
+                "negative_sampler_kwargs": {"num_negs_per_pos": config.negatives},
+            }
         self.loop = loop(
             model=model,
             triples_factory=self.factory,
