@@ -236,7 +236,7 @@ def test_paired_retrain_leaves_out_only_the_removed_triples(monkeypatch: Any) ->
 
 
 def test_conve_profile_runs_on_a_bundled_dataset() -> None:
-    """``scripts/profile_conve.py`` (the README's ConvE cost figures) runs and times its three steps."""
+    """``scripts/profile_conve.py`` (the README's ConvE cost figures) runs and times its four steps."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(ROOT / "scripts" / "profile_conve.py"), "--dataset", "nations"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
