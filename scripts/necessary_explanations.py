@@ -6,10 +6,11 @@ knowledge graph embeddings", SIGMOD 2022), with TracIn and same-model baselines 
 1. Train the model on the dataset with PyKEEN's training loops and Adam, keeping TracIn checkpoints
    with this package's :class:`~tracin_lightning.PyKEENTracInCallback`. ComplEx and TransE: sLCWA,
    ``--negatives`` uniformly corrupted negatives per positive, softplus loss (= BCE with logits) for
-   ComplEx, margin ranking with margin 1 for TransE (see LOSSES). ConvE: 1-N (LCWA) with inverse
-   triples, BCE against every entity and label smoothing 0.1, as Dettmers et al. train it, its tail
-   scores computed as a matrix product (``scripts/one_to_n.py``; PyKEEN's scores otherwise). Report the
-   filtered test MRR and hits@1/10 (both sides; filtered by train + valid + test, realistic ranks as
+   ComplEx, margin ranking with margin 1 for TransE (see LOSSES); with ``--self-loop-negatives``, each
+   positive's ``(h, r, h)`` and ``(t, r, t)`` are negatives too (``scripts/self_loop_negatives.py``).
+   ConvE: 1-N (LCWA) with inverse triples, BCE against every entity and label smoothing 0.1, as
+   Dettmers et al. train it, its tail scores computed as a matrix product (``scripts/one_to_n.py``;
+   PyKEEN's scores otherwise). Report the filtered test MRR and hits@1/10 (both sides; filtered by train + valid + test, realistic ranks as
    PyKEEN's) beside a published figure.
 2. Pick ``--num-predictions`` (100) test triples whose tail the model ranks first (filtered tail rank
    exactly 1, no ties), drawn with ``--seed``.
@@ -91,6 +92,7 @@ from tracin_lightning.outputs.atomic import atomic_path, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from one_to_n import MaskingLCWATrainingLoop, use_matmul_scoring
+from self_loop_negatives import SelfLoopNegativeSampler
 
 #: Filtered test MRR / H@1 / H@10 (both sides) published for the same model and dataset, each with where
 #: it was checked. TransE: the test-set logs Nguyen et al. ship with ConvKB (NAACL 2018; its TransE row),
@@ -230,6 +232,7 @@ class Config:
     retrain: str = "drop"
     loop: str = "slcwa"
     label_smoothing: float = 0.0
+    self_loop_negatives: bool = False
 
     def key(self, *extra: Any) -> str:
         """Hash of everything that decides a training run (and ``extra``: a removal set, a seed)."""
@@ -240,6 +243,7 @@ class Config:
             ("retrain", "drop"),
             ("loop", "slcwa"),
             ("label_smoothing", 0.0),
+            ("self_loop_negatives", False),
         ):
             if fields[name] == first:
                 del fields[name]
@@ -420,7 +424,7 @@ class Training:
         sampling: dict[str, Any] = {}  # 1-N training scores every entity: no negatives to draw
         if not one_to_n:
             sampling = {
-                "negative_sampler": "basic",
+                "negative_sampler": SelfLoopNegativeSampler if config.self_loop_negatives else "basic",
                 "negative_sampler_kwargs": {"num_negs_per_pos": config.negatives},
             }
         self.loop = loop(
@@ -716,6 +720,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loop", choices=LOOPS, help="training loop (default: the model's; see LOOPS)")
     parser.add_argument("--label-smoothing", type=float, help="label smoothing (1-N training)")
     parser.add_argument(
+        "--self-loop-negatives",
+        action="store_true",
+        default=None,
+        help="sLCWA: (h, r, h) and (t, r, t) as negatives too (scripts/self_loop_negatives.py)",
+    )
+    parser.add_argument(
         "--retrain",
         choices=("drop", "paired"),
         default="drop",
@@ -757,7 +767,7 @@ def make_config(args: argparse.Namespace) -> Config:
         defaults.update(embedding_dim=8, epochs=4, batch_size=256, negatives=1, lr=0.05)
     given = {
         k: getattr(args, k)
-        for k in [*defaults, "loss", "loop", "label_smoothing"]
+        for k in [*defaults, "loss", "loop", "label_smoothing", "self_loop_negatives"]
         if getattr(args, k, None) is not None
     }
     values = {**defaults, **given}
@@ -875,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "loop": {"slcwa": "sLCWA", "lcwa": "LCWA (1-N), inverse triples"}[config.loop],
             "loss": LOSSES[config.loss][1],
             "label_smoothing": config.label_smoothing,
+            "self_loop_negatives": config.self_loop_negatives,
             "optimizer": "Adam",
         },
         "tracin_loss": {

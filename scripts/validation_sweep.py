@@ -92,6 +92,7 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "loss": config.loss,
                 "loop": config.loop,
                 "model_kwargs": config.model_kwargs,
+                "self_loop_negatives": config.self_loop_negatives,
                 "seed": seed,
                 "removed": len(without),
                 "retrain": config.retrain,
