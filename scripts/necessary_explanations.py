@@ -10,8 +10,8 @@ knowledge graph embeddings", SIGMOD 2022), with TracIn and same-model baselines 
    positive's ``(h, r, h)`` and ``(t, r, t)`` are negatives too (``scripts/self_loop_negatives.py``).
    ConvE: 1-N (LCWA) with inverse triples, BCE against every entity and label smoothing 0.1, as
    Dettmers et al. train it, its tail scores computed as a matrix product (``scripts/one_to_n.py``;
-   PyKEEN's scores otherwise). Report the filtered test MRR and hits@1/10 (both sides; filtered by train + valid + test, realistic ranks as
-   PyKEEN's) beside a published figure.
+   PyKEEN's scores otherwise). Report the filtered test MRR and hits@1/10 (both sides; filtered by
+   train + valid + test, realistic ranks as PyKEEN's) beside a published figure.
 2. Pick ``--num-predictions`` (100) test triples whose tail the model ranks first (filtered tail rank
    exactly 1, no ties), drawn with ``--seed``.
 3. Every explainer gives each prediction ``(h, r, t)`` a set of at most k training triples; the sets of
