@@ -78,6 +78,7 @@ def test_the_cell_trains_on_the_basic_negatives_plus_the_self_loops(monkeypatch:
 
 def test_wn18rr_training_self_loops_are_never_negatives() -> None:
     """WN18RR's 7 training self-loops: no batch of its training triples gets one as a negative."""
+    from necessary_explanations import triple_keys
     from self_loop_negatives import SelfLoopNegativeSampler
 
     from tracin_lightning.datasets import get_dataset
@@ -93,9 +94,8 @@ def test_wn18rr_training_self_loops_are_never_negatives() -> None:
         num_negs_per_pos=1,
     )
     negatives = sampler.corrupt_batch(triples)[:, 1:].reshape(-1, 3)
-    keys = (negatives[:, 0] * 11 + negatives[:, 1]) * training.num_entities + negatives[:, 2]
-    loop_keys = (loops[:, 0] * 11 + loops[:, 1]) * training.num_entities + loops[:, 2]
-    used = torch.isin(keys, loop_keys).view(-1, 2)
+    sizes = (training.num_entities, training.num_relations)
+    used = torch.isin(triple_keys(negatives, *sizes), triple_keys(loops, *sizes)).view(-1, 2)
     # only where the positive is that self-loop itself (it then stands in for its own negatives)
     positive_is_loop = triples[:, 0] == triples[:, 2]
     assert torch.equal(used.any(dim=1), positive_is_loop)
