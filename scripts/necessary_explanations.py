@@ -54,6 +54,8 @@ Explainers (all on the same trained model; "mentions h": the training triple's h
 Every trained model (state dict + metrics) and every influence matrix is cached under ``--cache``
 (default ``runs/necessary/<dataset>_<model>/``), keyed by a hash of the configuration (and the removal
 set), so an interrupted run continues where it stopped and never mixes results of another configuration.
+``--rows-from`` takes the rows of earlier result JSONs instead, where the training is the same (a fresh
+clone extends a published cell, e.g. with more ``--seeds``, without its cache).
 The JSON (``--output``, default ``<cache>/result.json``; rewritten atomically after every step) holds the
 configuration, the git commit, base-model quality, the predictions, every removal set and every result.
 
@@ -459,13 +461,56 @@ def train(config: Config, data: Data, removed: Sequence[int], seed: int, directo
     return model
 
 
+def training_key(config: Config, removed: Sequence[int], seed: int) -> str:
+    """What decides one training run: the configuration, the removal set and the seed. Without removals
+    it is the same training whichever way removals are retrained (``Config.unremoved``)."""
+    if not removed:
+        config = config.unremoved
+    return config.key(sorted(int(i) for i in removed), seed)
+
+
+def earlier_results(paths: Sequence[str], base_key: str) -> dict[str, dict[str, Any]]:
+    """Earlier result JSONs of this cell (``--rows-from``), by path; one whose base model is not this
+    run's is refused before anything is trained."""
+    results = {}
+    for path in paths:
+        try:
+            earlier = json.loads(Path(path).read_text())
+            earlier_base, _, _ = (
+                earlier["base"]["key"],
+                earlier["predictions"]["triples"],
+                earlier["retrains"],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(
+                f"{path}: not a result JSON of this script ({type(error).__name__}: {error})"
+            ) from None
+        if earlier_base != base_key:
+            raise SystemExit(f"{path}: its base model is {earlier_base}, this run's is {base_key}; not used")
+        results[str(path)] = earlier
+    return results
+
+
+def earlier_rows(results: dict[str, dict[str, Any]], triples: list[list[int]]) -> dict[str, dict[str, Any]]:
+    """The retrain rows of :func:`earlier_results`, by training key (configuration, removal set, seed):
+    a row is only ever used for a training with its key. A file whose predictions are not this run's is
+    refused whole: its rows' ranks are of other predictions."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path, earlier in results.items():
+        if earlier["predictions"]["triples"] != triples:
+            raise SystemExit(f"{path}: its predictions are not this run's; its rows are not used")
+        for entry in earlier["retrains"].values():
+            rows.setdefault(entry["key"], {**entry, "imported_from": path})
+    return rows
+
+
 def trained(
     config: Config, data: Data, cache: Path, name: str, removed: Sequence[int], seed: int
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model trained without ``removed`` with ``seed``: from the cache, or trained and cached."""
     if not removed:
-        config = config.unremoved  # the same training whichever way removals are retrained
-    key = config.key(sorted(int(i) for i in removed), seed)
+        config = config.unremoved
+    key = training_key(config, removed, seed)
     folder = cache / "models" / f"{name}-{key}"
     weights = folder / "model.pt"
     info_path = folder / "info.json"
@@ -754,6 +799,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="*", help="run only these retrains (names as in the JSON), e.g. for a short sitting"
     )
+    parser.add_argument(
+        "--rows-from",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="earlier result JSONs of this cell (e.g. docs/results/necessary/): their rows are used where "
+        "the training is the same (configuration, removal set, seed) instead of retraining",
+    )
     parser.add_argument("--smoke", action="store_true", help="Nations, dim 8, 4 epochs, 10 predictions (CI)")
     return parser.parse_args(argv)
 
@@ -869,6 +922,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     default_output = "result.json" if config.retrain == "drop" else f"result-{config.retrain}.json"
     output = Path(args.output) if args.output else cache / default_output
     wall = time.perf_counter()
+    earlier = earlier_results(args.rows_from, training_key(config, [], config.seed))
     data = load_data(config)
     result: dict[str, Any] = {
         "complete": False,
@@ -979,10 +1033,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     save()
 
     # 4. retrain without each removal set, measure the predictions again
+    imported = earlier_rows(earlier, result["predictions"]["triples"])
     for name, set_name, seed in plan:
         if args.only and name not in args.only:
             continue
         removed = sorted({i for one in sets.get(set_name, []) for i in one})
+        earlier = imported.get(training_key(config, removed, seed))
+        if earlier is not None:  # measured by an earlier run: the same training, the same predictions
+            result["retrains"][name] = {**earlier, "name": name}
+            log.info("%s: %s (from %s)", name, earlier["delta"], earlier["imported_from"])
+            save()
+            continue
         model, info = trained(config, data, cache, name, removed, seed)
         ranks_after = tail_ranks(model, predictions, data.known_tails)
         after = prediction_metrics(ranks_after)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,3 +302,52 @@ def test_conve_trains_one_to_n_and_is_explained_as_pykeens_conve(tmp_path: Path)
     entry = result["retrains"]["tracin@k=3"]
     assert entry["num_removed"] == len(entry["removed_rows"]) > 0
     assert np.isfinite(entry["delta"]["mrr"])
+
+
+def test_rows_from_an_earlier_result_are_used_only_for_the_same_training(tmp_path: Path) -> None:
+    first = run(tmp_path / "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    earlier = json.loads((tmp_path / "first" / "result.json").read_text())
+    # a row whose training key is not this run's (as if its removal set differed) is trained again
+    earlier["retrains"]["tracin@k=1"]["key"] = "0" * 16
+    earlier_path = tmp_path / "earlier.json"
+    earlier_path.write_text(json.dumps(earlier))
+    # a fresh cache, one more seed: only the base, that row and the third seed's rows are trained
+    more = run(tmp_path / "second", "--seeds", "3", "--rows-from", str(earlier_path))
+    assert more.returncode == 0, more.stderr[-3000:]
+    lines = [line for line in more.stderr.splitlines() if " training " in line]
+    trained = sorted(line.split(" training ")[1].split(" (")[0] for line in lines)
+    budget = earlier["config"]["budget"]
+    seed3 = ["noise@seed3", f"random-head@k={budget}@seed3", f"tracin@k={budget}@seed3"]
+    assert trained == sorted(["base", "tracin@k=1", *seed3])
+    result = json.loads((tmp_path / "second" / "result.json").read_text())
+    assert result["complete"]
+    for name, entry in earlier["retrains"].items():
+        if name == "tracin@k=1":
+            continue
+        row = result["retrains"][name]
+        assert row["imported_from"] == str(earlier_path)
+        assert {k: v for k, v in row.items() if k not in ("imported_from", "delta_same_seed")} == {
+            k: v for k, v in entry.items() if k != "delta_same_seed"
+        }
+    assert not any("imported_from" in result["retrains"][name] for name in ["tracin@k=1", *seed3])
+    assert f"tracin@k={budget} (other seeds)" in result["spreads"]  # seeds 2 and 3: now a spread
+
+    # a file of other predictions is refused whole, with the file named
+    earlier["predictions"]["triples"][0][2] += 1
+    earlier_path.write_text(json.dumps(earlier))
+    other = run(tmp_path / "second", "--seeds", "3", "--rows-from", str(earlier_path))
+    assert other.returncode != 0
+    assert (
+        other.stderr.strip().splitlines()[-1]
+        == f"{earlier_path}: its predictions are not this run's; its rows are not used"
+    )
+    # and one of another configuration before anything is trained
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import necessary_explanations as cell
+
+    config = cell.make_config(cell.parse_args(["--smoke", "--epochs", "3"]))
+    with pytest.raises(
+        SystemExit, match=f"^{earlier_path}: its base model is {earlier['base']['key']}, this"
+    ):
+        cell.earlier_results([str(earlier_path)], cell.training_key(config, [], config.seed))
