@@ -143,21 +143,24 @@ def test_two_nodes_on_one_machine_match_single_process(saved_conve, single: Path
 
 
 @pytest.mark.timeout(300)
-def test_rank_killed_then_rerun_equals_uninterrupted(saved_conve, ddp: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", [1, 0])  # 0: the process that launched the other and merges at the end
+def test_rank_killed_then_rerun_equals_uninterrupted(
+    saved_conve, ddp: Path, tmp_path: Path, rank: int
+) -> None:
     # the same configuration as the `ddp` fixture's run, into another folder
     path, _ = write_config(tmp_path, saved_conve, "resumed", "influence", devices=2, strategy="ddp")
-    killer = [{"class_path": "killer.KillAt", "init_args": {"batch": 4, "rank": 1}}]  # rank 1's 5th of 8
+    killer = [{"class_path": "killer.KillAt", "init_args": {"batch": 4, "rank": rank}}]  # its 5th of 8
     config = yaml.safe_load(path.read_text())
     output = tmp_path / "resumed"
     config["writer"]["output_dir"] = str(output)
     killing = tmp_path / "killing.yaml"
     killing.write_text(yaml.safe_dump({**config, "trainer": {**config["trainer"], "callbacks": killer}}))
     killed = subprocess.run(command(killing), capture_output=True, text=True, timeout=240, env=environment())
-    # rank 0 fails in its barrier (gloo: connection closed), or Lightning's launcher kills it first
+    # the other rank fails in its barrier (gloo: connection closed), or Lightning's launcher kills it
     assert killed.returncode != 0
     assert "KillAt" not in killed.stderr  # it died of the signal, not of a broken callback
-    recorded = torch.load(output / ".partial" / "state.rank1.pt", weights_only=False)
-    assert recorded["batches"] == 4  # rank 1 recorded chunks of 2 batches, then died in its 5th batch
+    recorded = torch.load(output / ".partial" / f"state.rank{rank}.pt", weights_only=False)
+    assert recorded["batches"] == 4  # the rank recorded chunks of 2 batches, then died in its 5th batch
     assert not any((output / name).exists() for name in (*RESULT_FILES, "run.json"))
 
     rerun = tmp_path / "rerun.yaml"
