@@ -278,6 +278,22 @@ def test_cli_index_killed_resumed_then_explain(tmp_path: Path) -> None:
     assert tuple(rows[0]) == TOPK_COLUMNS
     assert len(rows) == 2 * 2 * 4
     assert done.stdout.splitlines()[0].split("\t") == list(TOPK_COLUMNS)
+    # answering from an index imports no Lightning (building it does): the same answer, without it
+    probe = (
+        "import json, sys; from tracin_lightning.cli import main; main(sys.argv[1:]); "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    again = tmp_path / "again.csv"
+    answered = subprocess.run(
+        [sys.executable, "-c", probe, "explain", "--index", str(tmp_path / "idx"), "--triple", "brazil",
+         "embassy", "usa", "--triple", "uk", "intergovorgs", "usa", "--top", "4", "--output", str(again)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    modules = json.loads(answered.stdout.splitlines()[-1])  # the list printed last
+    assert "tracin_lightning.index.query" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("lightning", "pytorch_lightning")]
+    assert again.read_bytes() == out.read_bytes()
 
     run = trained_run("DistMult", True)
     dataset = Nations(create_inverse_triples=True)

@@ -199,7 +199,7 @@ def _index(args: list[str]) -> None:
 
 
 def _explain(args: list[str]) -> None:
-    from .index.cli import explain
+    from .index.explain import explain  # no Lightning import: see that module
 
     explain(args)
 

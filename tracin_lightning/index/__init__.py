@@ -7,7 +7,24 @@ training triple's reduced gradient at every checkpoint; ``InfluenceIndex.open`` 
 
 from __future__ import annotations
 
-from .build import IndexModule, IndexWriter, build_index
-from .query import IndexTopK, InfluenceIndex
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 __all__ = ["IndexModule", "IndexTopK", "IndexWriter", "InfluenceIndex", "build_index"]
+
+# imported on first use, so that opening an index and answering from it never imports Lightning
+_EXPORTS = {
+    "IndexModule": "build",
+    "IndexWriter": "build",
+    "build_index": "build",
+    "IndexTopK": "query",
+    "InfluenceIndex": "query",
+}
+
+if TYPE_CHECKING:
+    from .build import IndexModule, IndexWriter, build_index
+    from .query import IndexTopK, InfluenceIndex
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

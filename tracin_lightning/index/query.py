@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..engine.gradients import PerSampleGradients, select_parameters
 from ..engine.influence import CheckpointState, test_gradients
+from ..engine.losses import TripleLoss
 from ..engine.structure import pairwise_dot
 from ..engine.topk import TopK
 from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
-from ..inputs.maps import LabelMaps
+from ..inputs.maps import LabelMaps, check_ids_fit_model
 from ..inputs.names import Names
-from ..lightning.module import TracInModule
 from ..outputs.digest import file_digest, state_digest
 from .store import (
     FORMAT,
@@ -77,7 +78,8 @@ class InfluenceIndex:
         self,
         directory: Path,
         manifest: dict[str, Any],
-        module: TracInModule,
+        model: nn.Module,
+        gradients: PerSampleGradients,
         states: list[CheckpointState],
         *,
         device: torch.device,
@@ -85,7 +87,8 @@ class InfluenceIndex:
     ) -> None:
         self.directory = directory
         self.manifest = manifest
-        self.module = module
+        self.model = model
+        self.gradients = gradients
         self.states = states
         self.device = device
         self.test_batch_size = test_batch_size
@@ -178,21 +181,14 @@ class InfluenceIndex:
             torch.load(folder / c["file"], map_location=device, weights_only=True)
             for c in manifest["checkpoints"]
         ]
-        module = TracInModule(
-            model=kge,
-            checkpoints=states_raw,  # type: ignore[arg-type]
-            learning_rates=[float(c["learning_rate"]) for c in manifest["checkpoints"]],
-            loss=manifest["loss"],
-            params=list(manifest["params"]),
-            inverse=bool(manifest["inverse_triples"]),
-            top_k=0,
-            test_batch_size=test_batch_size,
-        )
+        # the engine's per-sample gradients, set up as TracInModule sets them up (no Lightning needed)
+        loss = TripleLoss(model=kge, loss=manifest["loss"], inverse=bool(manifest["inverse_triples"]))
+        gradients = PerSampleGradients(loss=loss, params=select_parameters(kge, list(manifest["params"])))
         states = [
             CheckpointState(state=state, learning_rate=float(c["learning_rate"]))
             for state, c in zip(states_raw, manifest["checkpoints"])
         ]
-        return cls(folder, manifest, module, states, device=device, test_batch_size=test_batch_size)
+        return cls(folder, manifest, kge, gradients, states, device=device, test_batch_size=test_batch_size)
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -227,13 +223,14 @@ class InfluenceIndex:
             raise TracInInputError(
                 f"test triples must be a non-empty (T, 3) array, got shape {tuple(test.shape)}"
             )
-        self.module._check_ids(test, "test triples", torch.arange(test.shape[0]))
+        check_ids_fit_model(test, self.model, what="test triples", index=torch.arange(test.shape[0]))
         return test.to(self.device)
 
     def _test_parts(self, test: Tensor) -> list[dict[str, Tensor]]:
         with torch.enable_grad():
-            grads = test_gradients(self.module.gradients, self.states, test, batch_size=self.test_batch_size)
-        paths = self.module.parameter_paths
+            grads = test_gradients(self.gradients, self.states, test, batch_size=self.test_batch_size)
+        plan = self.gradients.plan
+        paths = {} if plan is None else plan.describe()
         if paths != self.manifest["parameter_paths"]:
             raise TracInInputError(
                 f"{self.directory}: the query's parameter paths {paths} differ from the build's "

@@ -6,18 +6,18 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import TracInInputError
 from .tsv import read_chunks as _read_chunks
 from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
-__all__ = ["LabelMaps", "first_out_of_range", "read_id_map"]
+__all__ = ["LabelMaps", "check_ids_fit_model", "first_out_of_range", "model_size", "read_id_map"]
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -278,3 +278,43 @@ def _check_ids(triples: Tensor, maps: LabelMaps | None, name: str) -> None:
         kind = "relation" if column == 1 else "entity"
         largest = int(triples[:, [1] if column == 1 else [0, 2]].max())
         raise TracInInputError(f"{name} hold {kind} id {largest}, but the maps have {size} {kind}s")
+
+
+def model_size(
+    model: nn.Module, kind: Literal["entities", "relations"], *, fallback: bool = False
+) -> int | None:
+    """Entities or (real, without inverses) relations of a PyKEEN model; None for a model without them.
+
+    ``fallback``: for relations, take ``num_relations`` when ``num_real_relations`` is missing (a
+    non-PyKEEN model that names its relation count the plain way).
+    """
+    if kind == "entities":
+        value = getattr(model, "num_entities", None)  # an optional attribute of user models
+    else:
+        value = getattr(model, "num_real_relations", None)
+        if value is None and fallback:
+            value = getattr(model, "num_relations", None)
+    return None if value is None else int(value)
+
+
+def check_ids_fit_model(triples: Tensor, model: nn.Module, *, what: str, index: Tensor) -> None:
+    """Refuse ``(n, 3)`` triples with an id the model has no row for, naming the row (``index``).
+
+    Out-of-range ids would index a wrong row silently on some paths, or crash deep in PyKEEN.
+
+    Raises:
+        TracInInputError: the first such id, with its row (from ``index``) and the model's bound.
+    """
+    found = first_out_of_range(
+        triples,
+        num_entities=model_size(model, "entities"),
+        num_relations=model_size(model, "relations", fallback=True),
+    )
+    if found is not None:
+        row, column, bound = found
+        kind = "relation" if column == 1 else "entity"
+        raise TracInInputError(
+            f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
+            f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
+            "(do the entity/relation maps belong to this model?)"
+        )

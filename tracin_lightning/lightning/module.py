@@ -30,7 +30,7 @@ from ..engine.topk import TopK
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from ..inputs.manifest import resolve_checkpoints
-from ..inputs.maps import first_out_of_range
+from ..inputs.maps import check_ids_fit_model, model_size
 from ..outputs.digest import file_digest, state_digest
 from .contracts import PredictionInputs, ResumeState, RunRecord, prediction_inputs
 
@@ -318,8 +318,8 @@ class TracInModule(L.LightningModule):
             return
         maps = inputs.maps
         for kind, in_maps, in_model in (
-            ("entities", maps.num_entities, _model_size(self.kge_model, "entities")),
-            ("relations", maps.num_relations, _model_size(self.kge_model, "relations")),
+            ("entities", maps.num_entities, model_size(self.kge_model, "entities")),
+            ("relations", maps.num_relations, model_size(self.kge_model, "relations")),
         ):
             if in_model is not None and in_maps != in_model:
                 raise TracInInputError(
@@ -395,20 +395,7 @@ class TracInModule(L.LightningModule):
         return None if inputs is None else inputs.num_train
 
     def _check_ids(self, triples: Tensor, what: str, index: Tensor) -> None:
-        # Out-of-range ids would index a wrong row silently on some paths, or crash deep in PyKEEN.
-        found = first_out_of_range(
-            triples,
-            num_entities=_model_size(self.kge_model, "entities"),
-            num_relations=_model_size(self.kge_model, "relations", fallback=True),
-        )
-        if found is not None:
-            row, column, bound = found
-            kind = "relation" if column == 1 else "entity"
-            raise TracInInputError(
-                f"{what}: row {int(index[row])} has {kind} id {int(triples[row, column])}, but the model "
-                f"has {bound} {'entities' if kind == 'entity' else 'relations'} "
-                "(do the entity/relation maps belong to this model?)"
-            )
+        check_ids_fit_model(triples, self.kge_model, what=what, index=index)
 
     def _non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str = "training"
@@ -485,23 +472,6 @@ class TracInModule(L.LightningModule):
     def test_triple_list(self) -> Sequence[Sequence[int]]:
         """The test triples as id lists (after prediction started)."""
         return [] if self.test_triples is None else self.test_triples.tolist()
-
-
-def _model_size(
-    model: nn.Module, kind: Literal["entities", "relations"], *, fallback: bool = False
-) -> int | None:
-    """Entities or (real, without inverses) relations of a PyKEEN model; None for a model without them.
-
-    ``fallback``: for relations, take ``num_relations`` when ``num_real_relations`` is missing (a
-    non-PyKEEN model that names its relation count the plain way).
-    """
-    if kind == "entities":
-        value = getattr(model, "num_entities", None)  # an optional attribute of user models
-    else:
-        value = getattr(model, "num_real_relations", None)
-        if value is None and fallback:
-            value = getattr(model, "num_relations", None)
-    return None if value is None else int(value)
 
 
 def _checkpoint_digest(checkpoint: Checkpoint) -> str:
