@@ -476,11 +476,10 @@ def earlier_results(paths: Sequence[str], base_key: str) -> dict[str, dict[str, 
     for path in paths:
         try:
             earlier = json.loads(Path(path).read_text())
-            earlier_base, _, _ = (
-                earlier["base"]["key"],
-                earlier["predictions"]["triples"],
-                earlier["retrains"],
-            )
+            earlier_base = earlier["base"]["key"]
+            triples, retrains = earlier["predictions"]["triples"], earlier["retrains"]
+            if not isinstance(triples, list) or not isinstance(retrains, dict):
+                raise ValueError("its predictions or retrains are not a list and a mapping")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(
                 f"{path}: not a result JSON of this script ({type(error).__name__}: {error})"
@@ -509,7 +508,7 @@ def trained(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model trained without ``removed`` with ``seed``: from the cache, or trained and cached."""
     if not removed:
-        config = config.unremoved
+        config = config.unremoved  # built and trained the same whichever way removals are retrained
     key = training_key(config, removed, seed)
     folder = cache / "models" / f"{name}-{key}"
     weights = folder / "model.pt"
