@@ -46,7 +46,7 @@ def _nations(name: str) -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def test_a_pykeen_spelling_is_recorded_canonically() -> None:
-    from tracin_lightning.module import TracInModule
+    from tracin_lightning import TracInModule
 
     model, _, _ = _nations("DistMult")
     module = TracInModule(model=model, loss="CrossEntropyLoss")

@@ -28,6 +28,7 @@ from ..engine.influence import NonFiniteGradientError
 from ..engine.structure import SampleGradients
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint
+from ..lightning.contracts import ResumeState
 from ..lightning.datamodule import TriplesDataModule
 from ..lightning.module import TracInModule
 from ..outputs.atomic import atomic_path, write_json
@@ -210,7 +211,7 @@ class IndexWriter(BasePredictionWriter):
         self._writer = ShardWriter(folder, rows, len(pl_module.checkpoint_list), self._fingerprint)
         self._done = [] if state is None else list(state["done"])
         self._batches = 0
-        pl_module.resume(done_batches=set(self._done), topk=None)
+        pl_module.resume(ResumeState(done_batches=frozenset(self._done), topk=None))
 
     def shard_folder(self, rank: int) -> Path:
         """Where rank ``rank`` writes its shard."""

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from ..errors import TracInInputError
 from .tsv import read_chunks as _read_chunks
-from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
 __all__ = ["LabelMaps", "check_ids_fit_model", "first_out_of_range", "model_size", "read_id_map"]

@@ -12,7 +12,6 @@ from torch import Tensor
 from ..errors import TracInInputError
 from .maps import LabelMaps, first_out_of_range
 from .tsv import read_chunks as _read_chunks
-from .tsv import read_tsv_rows as read_tsv_rows
 from .tsv import split_line as _split
 
 __all__ = [

@@ -228,21 +228,12 @@ class TracInModule(L.LightningModule):
             self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
         return {"index": index, "influence": scores}
 
-    def resume(
-        self,
-        state: ResumeState | None = None,
-        *,
-        done_batches: set[int] | None = None,
-        topk: TopK | None = None,
-    ) -> None:
+    def resume(self, state: ResumeState) -> None:
         """Continue an interrupted run: skip the batches (by first row) already written, keep the top-k.
 
         Called by :class:`~tracin_lightning.lightning.writer.InfluenceWriter` at the first batch, after
-        ``on_predict_start`` has made a fresh top-k. ``done_batches=``/``topk=`` is the older spelling
-        of ``state``.
+        ``on_predict_start`` has made a fresh top-k.
         """
-        if state is None:
-            state = ResumeState(done_batches=frozenset(done_batches or ()), topk=topk)
         self.skip_batches = set(state.done_batches)
         if state.topk is not None:
             self.topk = state.topk.to(self.device)
