@@ -3,7 +3,7 @@
 TORCH ?= torch==2.13.0
 PYTHON ?= python
 
-.PHONY: install install-dev demo test lint benchmark gpu-check
+.PHONY: install install-dev demo test lint docs benchmark gpu-check
 
 install:
 	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
@@ -31,11 +31,18 @@ lint: install-dev
 	ruff format --check .
 	mypy
 
+# The documentation site (MkDocs, Material theme): regenerate the research pages from docs/results/,
+# then build into site/ with warnings as errors. Needs no network: no fonts or plugins are fetched.
+docs: install
+	$(PYTHON) -m pip install -q -e ".[docs]"
+	$(PYTHON) docs/gen_results.py
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
 benchmark: install
 	$(PYTHON) -m pip install -q -e ".[bench]"
 	$(PYTHON) scripts/benchmark.py
 
-# One prepared GPU check (issue 15), at most ~8 minutes on one H100/H200: exactness on the device,
+# One prepared GPU check, at most ~8 minutes on one H100/H200: exactness on the device,
 # bf16/fp16 mixed precision, torch.compile, throughput. `--device cpu --smoke` runs it tiny on a CPU.
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py --output runs/gpu_check.json
