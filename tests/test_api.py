@@ -1,4 +1,5 @@
-"""The Python API as a library call: silent, on the model's own device, the model handed back as given."""
+"""The functional core as a library call: no Trainer, silent, on the model's own device, the model handed
+back as given."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from tracin_lightning import api
-from tracin_lightning.api import compute_influence, compute_self_influence, compute_top_influence
+from tracin_lightning import functional
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.functional import compute_influence, compute_self_influence, compute_top_influence
 
 RANK_ZERO = "lightning.pytorch.utilities.rank_zero"
 
@@ -84,7 +85,7 @@ import sys, warnings
 from pykeen.datasets import Nations
 from pykeen.models import DistMult
 import lightning as L
-from tracin_lightning.api import compute_influence, compute_self_influence, compute_top_influence
+from tracin_lightning.functional import compute_influence, compute_self_influence, compute_top_influence
 dataset = Nations()
 model = DistMult(triples_factory=dataset.training, embedding_dim=8, random_seed=0)
 train, test = dataset.training.mapped_triples[:40], dataset.testing.mapped_triples[:3]
@@ -162,15 +163,11 @@ def test_model_comes_back_as_given(trained) -> None:
     _assert_same(model, before)
 
 
-def test_model_comes_back_after_a_dtype_converting_precision(trained) -> None:
-    # "*-true" precisions convert the module itself; the caller still gets their float32 model back
+def test_model_comes_back_after_a_mixed_precision_run(trained) -> None:
     run = trained("DistMult", False)
     model = _model_as_given(run)
     before = _snapshot(model)
-    try:
-        compute_influence(model, run.train[:8], run.test, trainer_kwargs={"precision": "bf16-true"})
-    except Exception as error:  # failing or not, the model must be restored
-        del error
+    compute_influence(model, run.train[:8], run.test, precision="bf16-mixed")
     _assert_same(model, before)
 
 
@@ -183,20 +180,44 @@ def test_model_comes_back_after_a_failed_run(trained) -> None:
     _assert_same(model, before)
 
 
-def test_runs_on_the_models_device(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_without_a_trainer(trained, monkeypatch: pytest.MonkeyPatch) -> None:
     run = trained("DistMult", False)
-    seen: list[dict] = []
-    original = L.Trainer.__init__
 
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs)
-        original(self, *args, **kwargs)
+    def refuse(*args, **kwargs):
+        raise AssertionError("the functional core built a Trainer")
 
-    monkeypatch.setattr(L.Trainer, "__init__", spy)
+    monkeypatch.setattr(L.Trainer, "__init__", refuse)
     compute_influence(run.model, run.train[:8], run.test)
-    assert (seen[-1]["accelerator"], seen[-1]["devices"]) == ("cpu", 1)  # never "auto"
-    compute_influence(run.model, run.train[:8], run.test, trainer_kwargs={"devices": 1})
-    assert seen[-1]["accelerator"] == "cpu"
+    compute_self_influence(run.model, run.train[:8])
+    compute_top_influence(run.model, run.train[:8], run.test, top_k=2)
+
+
+IMPORTS_NO_LIGHTNING = """
+import sys
+from pykeen.datasets import Nations
+from pykeen.models import DistMult
+import tracin_lightning as tl
+dataset = Nations()
+model = DistMult(triples_factory=dataset.training, embedding_dim=8, random_seed=0)
+tl.compute_influence(model, dataset.training.mapped_triples[:20], dataset.testing.mapped_triples[:2])
+tl.explain(model, [("uk", "intergovorgs", "usa")], training=dataset.training, top_k=2)
+print(sorted(m for m in sys.modules if m == "lightning" or m.startswith("lightning.")))
+"""
+
+
+def test_the_functional_core_does_not_import_lightning(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_NO_LIGHTNING],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 class _Placed(nn.Module):
@@ -213,13 +234,21 @@ class _Placed(nn.Module):
         return iter(())
 
 
-def test_placement_follows_the_model() -> None:
-    assert api._placement(_Placed("cuda:1"), {}) == {"accelerator": "gpu", "devices": [1]}
-    assert api._placement(_Placed("cpu"), {}) == {"accelerator": "cpu", "devices": 1}
-    assert api._placement(_Placed("cuda:1"), {"accelerator": "cpu"}) == {"accelerator": "cpu", "devices": 1}
-    assert api._placement(_Placed("cuda:0"), {"devices": [0]}) == {"accelerator": "gpu", "devices": [0]}
+def test_the_device_follows_the_model() -> None:
+    assert functional._model_device(_Placed("cuda:1")) == torch.device("cuda:1")
+    assert functional._model_device(_Placed("cpu")) == torch.device("cpu")
     with pytest.raises(TracInInputError, match=r"several devices \(cpu, cuda:1\)"):
-        api._placement(_Placed("cpu", "cuda:1"), {})
+        functional._model_device(_Placed("cpu", "cuda:1"))
+
+
+def test_another_device_runs_on_a_copy(trained) -> None:
+    run = trained("DistMult", False)
+    model = _model_as_given(run)
+    before = _snapshot(model)
+    expected = compute_influence(model, run.train[:8], run.test)
+    got = compute_influence(model, run.train[:8], run.test, device="cpu")
+    _assert_same(model, before)
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -234,29 +263,20 @@ def test_cuda_model_stays_on_its_gpu(trained) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
-def test_top_influence_equals_a_full_sort(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_top_influence_equals_a_full_sort(trained) -> None:
     run = trained("ComplEx", False)
     k = 5
     matrix = compute_influence(run.model, run.train, run.test, batch_size=7)
-    kept: list[bool] = []
-    original = L.Trainer.predict
-
-    def spy(self, *args, **kwargs):
-        kept.append(kwargs.get("return_predictions"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(L.Trainer, "predict", spy)
     top = compute_top_influence(run.model, run.train, run.test, top_k=k, batch_size=7)
-    assert kept == [False]  # streamed: no (T, N) matrix of predictions kept
-    for part in top:
+    for part in (top.proponent_values, top.proponent_index, top.opponent_values, top.opponent_index):
         assert part.shape == (run.test.shape[0], k) and part.device.type == "cpu"
     # ties go to the lower training row in both, as a stable sort does
     pro = torch.argsort(-matrix, dim=1, stable=True)[:, :k]
     opp = torch.argsort(matrix, dim=1, stable=True)[:, :k]
     assert torch.equal(top.proponent_index, pro) and torch.equal(top.opponent_index, opp)
-    assert torch.equal(top.proponent_scores, matrix.gather(1, pro))
-    assert torch.equal(top.opponent_scores, matrix.gather(1, opp))
-    assert bool((top.proponent_scores[:, 0] > top.opponent_scores[:, 0]).all())  # not one constant
+    assert torch.equal(top.proponent_values, matrix.gather(1, pro))
+    assert torch.equal(top.opponent_values, matrix.gather(1, opp))
+    assert bool((top.proponent_values[:, 0] > top.opponent_values[:, 0]).all())  # not one constant
 
 
 def test_top_influence_checks_top_k(trained) -> None:

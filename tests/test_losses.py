@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from reference import assert_rows_close, reference_influence
 from torch import Tensor, nn
 
+from tracin_lightning import TracInModule
 from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
 from tracin_lightning.engine.losses import LOSSES, CustomTripleLoss, OneToNLoss, TripleLoss, resolve_loss
 from tracin_lightning.engine.structure import pairwise_dot
@@ -46,8 +47,6 @@ def _nations(name: str) -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def test_a_pykeen_spelling_is_recorded_canonically() -> None:
-    from tracin_lightning import TracInModule
-
     model, _, _ = _nations("DistMult")
     module = TracInModule(model=model, loss="CrossEntropyLoss")
     assert module.loss_description == "ce" and module.triple_loss.loss == "ce"
@@ -78,3 +77,34 @@ def test_one_to_n_loss_is_a_plain_loss_fn_too() -> None:
     wrapped = OneToNLoss(_softmax_ce)
     torch.testing.assert_close(wrapped(model, test), TripleLoss(model=model, loss="ce")(test))
     assert CustomTripleLoss(model=model, fn=wrapped).description.endswith("_softmax_ce")
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        ("CrossEntropyLoss", "ce"),
+        ("InfoNCELoss", "ce"),
+        ("BCEWithLogitsLoss", "bce"),
+        ("SoftplusLoss", "bce"),
+        ("BCEAfterSigmoidLoss", "bce"),
+        ("NSSALoss", "bce"),
+        ("MarginRankingLoss", "score"),
+        ("SoftMarginRankingLoss", "score"),
+        ("PairwiseLogisticLoss", "score"),
+    ],
+)
+def test_the_training_loss_is_inferred(loss: str, expected: str) -> None:
+    from pykeen.datasets import Nations
+    from pykeen.models import DistMult
+
+    from tracin_lightning.engine.losses import infer_loss
+
+    model = DistMult(triples_factory=Nations().training, embedding_dim=4, loss=loss)
+    assert infer_loss(model) == expected
+    assert TracInModule(model=model).loss_description == expected  # the module's default follows it
+
+
+def test_a_model_without_a_training_loss_defaults_to_bce() -> None:
+    from tracin_lightning.engine.losses import infer_loss
+
+    assert infer_loss(nn.Linear(2, 2)) == "bce"

@@ -1,6 +1,8 @@
-"""Exact TracIn influence for PyKEEN knowledge-graph embeddings, as Lightning components.
+"""Exact TracIn influence for PyKEEN knowledge-graph embeddings, as plain functions and Lightning components.
 
-Which training triples made the model predict this? ``TracInModule`` (a LightningModule) computes
+Which training triples made the model predict this? :func:`explain` answers with a labelled table
+from a PyKEEN ``pipeline()`` result; ``compute_influence`` and friends are the functional core (no
+Lightning); ``TracInModule`` (a LightningModule) computes
 ``sum_k lr_k <grad loss(train; theta_k), grad loss(test; theta_k)>`` for every training triple
 against all test triples at once; ``TriplesDataModule`` streams the training triples;
 ``InfluenceWriter`` writes top-k proponents and opponents, self-influence and the matrix.
@@ -18,31 +20,26 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "explain": "explanation",
+    "compute_influence": "functional",
+    "compute_self_influence": "functional",
+    "compute_top_influence": "functional",
+    "TopK": "engine.topk",
     "TracInModule": "lightning.module",
     "TriplesDataModule": "lightning.datamodule",
-    "LabelMaps": "inputs.maps",
     "InfluenceWriter": "lightning.writer",
     "TracInCheckpoint": "lightning.callbacks",
     "PyKEENTracInCallback": "lightning.callbacks",
-    "Checkpoint": "inputs.checkpoint_files",
-    "load_model": "inputs.checkpoint_files",
-    "resolve_checkpoints": "inputs.manifest",
-    "compute_influence": "api",
-    "compute_self_influence": "api",
-    "compute_top_influence": "api",
-    "TopInfluence": "api",
     "TracInInputError": "errors",
     "build_index": "index",
     "InfluenceIndex": "index",
 }
 
 __all__ = [
-    "Checkpoint",
     "InfluenceIndex",
     "InfluenceWriter",
-    "LabelMaps",
     "PyKEENTracInCallback",
-    "TopInfluence",
+    "TopK",
     "TracInCheckpoint",
     "TracInInputError",
     "TracInModule",
@@ -52,17 +49,15 @@ __all__ = [
     "compute_influence",
     "compute_self_influence",
     "compute_top_influence",
-    "load_model",
-    "resolve_checkpoints",
+    "explain",
 ]
 
 if TYPE_CHECKING:
-    from .api import TopInfluence, compute_influence, compute_self_influence, compute_top_influence
+    from .engine.topk import TopK
     from .errors import TracInInputError
+    from .explanation import explain
+    from .functional import compute_influence, compute_self_influence, compute_top_influence
     from .index import InfluenceIndex, build_index
-    from .inputs.checkpoint_files import Checkpoint, load_model
-    from .inputs.manifest import resolve_checkpoints
-    from .inputs.maps import LabelMaps
     from .lightning.callbacks import PyKEENTracInCallback, TracInCheckpoint
     from .lightning.datamodule import TriplesDataModule
     from .lightning.module import TracInModule

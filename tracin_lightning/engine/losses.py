@@ -45,7 +45,10 @@ __all__ = [
     "ScoresAllTails",
     "TripleLoss",
     "TripleScorer",
+    "infer_loss",
+    "loss_name_of",
     "resolve_loss",
+    "training_loss_name",
 ]
 
 LossName = Literal["bce", "score", "ce"]
@@ -80,6 +83,77 @@ def resolve_loss(name: str) -> LossName:
         )
         raise ValueError(f"unknown loss {name!r}; use one of: {options} (any case, 'Loss' suffix optional)")
     return cast(LossName, canonical)
+
+
+#: PyKEEN loss classes (by their class and base-class names, most specific first) -> canonical name:
+#: softmax cross-entropy is 1-N, pointwise and self-adversarial losses treat a positive as a label-1
+#: logit, pairwise (margin) losses see a positive only through its score.
+_TRAINING_LOSS_FAMILIES: tuple[tuple[str, LossName], ...] = (
+    ("CrossEntropyLoss", "ce"),
+    ("SetwiseLoss", "bce"),
+    ("PointwiseLoss", "bce"),
+    ("PairwiseLoss", "score"),
+)
+
+
+def training_loss_name(model: object) -> str | None:
+    """The class name of the loss ``model`` was trained with (PyKEEN's ``model.loss``), or None.
+
+    Example:
+        >>> from pykeen.datasets import Nations
+        >>> from pykeen.models import TransE
+        >>> training_loss_name(TransE(triples_factory=Nations().training))
+        'MarginRankingLoss'
+    """
+    loss = getattr(model, "loss", None)
+    return None if not isinstance(loss, nn.Module) else type(loss).__name__
+
+
+def infer_loss(model: object) -> LossName:
+    """The per-triple loss that matches the loss ``model`` was trained with.
+
+    PyKEEN models carry their training loss as ``model.loss``: ``CrossEntropyLoss`` (and its
+    subclasses) gives ``ce``, pointwise and self-adversarial losses (``BCEWithLogitsLoss``,
+    ``SoftplusLoss``, ``NSSALoss``, ...) give ``bce``, pairwise losses (``MarginRankingLoss``, ...)
+    give ``score``. A model without a recognised loss (not PyKEEN's) gives ``bce``.
+
+    Example:
+        >>> from pykeen.datasets import Nations
+        >>> from pykeen.models import ConvE, TransE
+        >>> infer_loss(TransE(triples_factory=Nations().training))
+        'score'
+        >>> infer_loss(ConvE(triples_factory=Nations().training, embedding_dim=8, loss="CrossEntropyLoss"))
+        'ce'
+    """
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, nn.Module):
+        names = [cls.__name__ for cls in type(loss).__mro__]
+        for family, canonical in _TRAINING_LOSS_FAMILIES:
+            if family in names:
+                return canonical
+        try:
+            return resolve_loss(type(loss).__name__)
+        except ValueError:
+            pass
+    return "bce"
+
+
+def loss_name_of(loss: str | nn.Module) -> LossName:
+    """The canonical name of a loss given by name or as a loss object (e.g. a PyKEEN loss instance).
+
+    Example:
+        >>> from pykeen.losses import MarginRankingLoss
+        >>> loss_name_of(MarginRankingLoss()), loss_name_of("BCEWithLogitsLoss")
+        ('score', 'bce')
+    """
+    if isinstance(loss, nn.Module):
+        return infer_loss(_HasLoss(loss))
+    return resolve_loss(loss)
+
+
+class _HasLoss:
+    def __init__(self, loss: nn.Module) -> None:
+        self.loss = loss
 
 
 @runtime_checkable

@@ -6,18 +6,27 @@ import math
 import numbers
 import os
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import TracInInputError
 from ..outputs.atomic import write_json
 from .checkpoint_files import Checkpoint, _check_file, _is_state_dict, _read
 from .json_object import read_json_object
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "read_manifest", "resolve_checkpoints", "write_manifest"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "read_manifest",
+    "recorded_manifest",
+    "remember_manifest",
+    "resolve_checkpoints",
+    "write_manifest",
+]
 
 
 MANIFEST_NAME = "manifest.json"
@@ -320,3 +329,26 @@ def _resolve_list(
             rate = _as_rate(learning_rate if saved_rate is None else saved_rate, str(path))
         out.append(Checkpoint(str(item), rate, path, epoch, step))
     return out
+
+
+# model -> the manifest a training callback keeps for it in this process, so that a PyKEEN
+# ``PipelineResult`` leads to its checkpoints without the caller naming the folder. Weak keys: the
+# registry never keeps a model alive, and nothing is stored on the model itself.
+_RECORDED: weakref.WeakKeyDictionary[nn.Module, Path] = weakref.WeakKeyDictionary()
+
+
+def remember_manifest(model: nn.Module, directory: str | Path) -> None:
+    """Note that ``directory`` holds the checkpoint manifest of ``model``'s training (this process)."""
+    _RECORDED[model] = Path(directory) / MANIFEST_NAME
+
+
+def recorded_manifest(model: nn.Module) -> Path | None:
+    """The manifest a training callback wrote for ``model`` in this process, if any and still there.
+
+    Example:
+        >>> import torch
+        >>> recorded_manifest(torch.nn.Linear(1, 1)) is None
+        True
+    """
+    path = _RECORDED.get(model)
+    return path if path is not None and path.is_file() else None

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint
-from ..inputs.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from ..inputs.manifest import MANIFEST_NAME, read_manifest, remember_manifest, write_manifest
 from ..outputs.atomic import atomic_path
 
 __all__ = ["PyKEENTracInCallback", "TracInCheckpoint"]
@@ -159,7 +159,8 @@ class PyKEENTracInCallback(TrainingCallback):
     Use as ``pipeline(..., training_kwargs=dict(callbacks=[PyKEENTracInCallback(directory=...)]))``.
     After each chosen epoch (1-based, as PyKEEN counts) it saves the model's weights to
     ``directory/epoch_NNNN.pt`` with the learning rate of the epoch's optimizer steps (first parameter
-    group; read before PyKEEN's scheduler steps) and rewrites ``directory/manifest.json``.
+    group; read before PyKEEN's scheduler steps) and rewrites ``directory/manifest.json``. In the same
+    process, :func:`tracin_lightning.explain` then finds these checkpoints from the pipeline's result.
 
     Args:
         directory: folder for the checkpoints and the manifest.
@@ -188,6 +189,8 @@ class PyKEENTracInCallback(TrainingCallback):
         rate = self._rate if self._rate is not None else float(self.optimizer.param_groups[0]["lr"])
         self._rate = None
         self.recorder.record(epoch, self.model, rate)
+        if self.recorder.saved:  # lets tracin_lightning.explain(pipeline_result) find the checkpoints
+            remember_manifest(self.model, self.recorder.directory)
 
     @override
     def post_train(self, losses: list[float], **kwargs: Any) -> None:

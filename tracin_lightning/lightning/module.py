@@ -20,7 +20,6 @@ from ..engine.gradients import PerSampleGradients, select_parameters
 from ..engine.influence import (
     CheckpointState,
     NonFiniteGradientError,
-    batch_influence,
     batch_self_influence,
     test_gradients,
 )
@@ -28,6 +27,7 @@ from ..engine.losses import CustomTripleLoss, TripleLoss
 from ..engine.structure import SampleGradients
 from ..engine.topk import TopK
 from ..errors import TracInInputError
+from ..functional import resolve_run_loss, score_batch
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from ..inputs.manifest import resolve_checkpoints
 from ..inputs.maps import check_ids_fit_model, model_size
@@ -80,7 +80,10 @@ class TracInModule(L.LightningModule):
         loss: per-triple loss: ``bce`` = softplus(-f(h,r,t)) (BCE with logits against label 1),
             ``score`` = -f(h,r,t), ``ce`` = softmax cross-entropy over all tails; PyKEEN-style
             spellings such as ``BCEWithLogitsLoss`` or ``CrossEntropyLoss`` are accepted too (see
-            :func:`~tracin_lightning.engine.losses.resolve_loss`); run.json records the canonical name.
+            :func:`~tracin_lightning.engine.losses.resolve_loss`). None (the default) takes the loss the
+            model was trained with (PyKEEN's ``model.loss``: cross-entropy -> ``ce``, pointwise ->
+            ``bce``, pairwise -> ``score``); a loss that differs from it warns. run.json records the
+            canonical name.
         params: fnmatch patterns of the parameters to differentiate, e.g. ``["interaction.hr1d.*"]``
             for ConvE's last layers; None selects every trainable parameter.
         mode: ``influence`` (training x test influence, top-k per test triple) or ``self``
@@ -120,7 +123,7 @@ class TracInModule(L.LightningModule):
         checkpoints: str | list[str] | None = None,
         learning_rates: list[float] | None = None,
         learning_rate: float = 1.0,
-        loss: str = "bce",
+        loss: str | None = None,
         params: list[str] | None = None,
         mode: Mode = "influence",
         top_k: int = 10,
@@ -145,7 +148,9 @@ class TracInModule(L.LightningModule):
             else inverse
         )
         self.triple_loss: TripleLoss | CustomTripleLoss = (
-            TripleLoss(model=self.kge_model, loss=loss, inverse=self.inverse)
+            TripleLoss(
+                model=self.kge_model, loss=resolve_run_loss(self.kge_model, loss), inverse=self.inverse
+            )
             if loss_fn is None
             else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
         )
@@ -217,13 +222,11 @@ class TracInModule(L.LightningModule):
             with torch.enable_grad():
                 if self.mode == "self":
                     return {"index": index, "self_influence": self._self(triples)}
-                scores = batch_influence(self.gradients, self.states, self.test_grads, triples)
+                scores, mask = score_batch(
+                    (self.gradients, self.states), self.test_grads, triples, candidates=self.candidate_filter
+                )
         except NonFiniteGradientError as error:
             raise self._non_finite(error, triples, index) from None
-        mask = None
-        if self.candidate_filter is not None:
-            mask = self.candidate_filter.mask(triples).to(scores.device)
-            scores = scores.masked_fill(~mask, float("nan"))  # the candidates' scores are untouched
         if self.topk is not None:
             self.topk = self.topk.update(scores, index.to(scores.device), mask=mask)
         return {"index": index, "influence": scores}
