@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .errors import TracInInputError
 
@@ -22,6 +26,7 @@ __all__ = [
     "DEBUG_ENV",
     "SUBCOMMANDS",
     "TRAINER_DEFAULTS",
+    "ArgumentParser",
     "Subcommand",
     "TracInCLI",
     "WriterConfigCallback",
@@ -32,14 +37,94 @@ __all__ = [
 DEBUG_ENV = "TRACIN_LIGHTNING_DEBUG"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """The small subcommands' parser: an argument error is one line ``error: ...`` and status 2.
+
+    The usage is what ``--help`` is for; an error names the command so that the line stands alone.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the error as bad input (``main`` prints it as one line; from Python it propagates)."""
+        raise TracInInputError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+#: Messages of other packages that say nothing to a user of this command line, filtered while it runs
+#: (the library itself installs no filters): a deprecation inside Lightning's own use of torch's
+#: pytree, and the unpickling notice for PyKEEN's own ``trained_model.pkl`` (a whole pickled model is
+#: what PyKEEN saves; other pickles still warn).
+_NOISE_WARNINGS = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r".*trained_model\.pkl is not a plain state dict", UserWarning),
+)
+#: Lightning's start-up lines (its advertisement for its logger and the accelerator inventory; the
+#: device a run used is in run.json), so that stderr holds only what concerns the run: an error is
+#: then the one line there.
+_NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+_NOISE_PREFIXES = (
+    "\N{ELECTRIC LIGHT BULB} Tip:",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "LOCAL_RANK:",
+)
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_NOISE_PREFIXES)
+
+
+@contextmanager
+def _quiet_known_noise() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _NOISE_LOGGERS]
+    with warnings.catch_warnings():
+        for message, category in _NOISE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger in loggers:
+            logger.addFilter(_not_noise)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(_not_noise)
+
+
+class _LineTracker:
+    """``sys.stdout`` while a command runs, remembering whether its last line is unfinished.
+
+    A progress bar leaves its line open (it redraws it with ``\r``); an error printed then must start
+    on a line of its own, also when stdout and stderr go to one terminal or file.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.open_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.open_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def _tracked_stdout() -> Iterator[_LineTracker]:
+    original = sys.stdout
+    tracker = _LineTracker(original)
+    sys.stdout = tracker  # type: ignore[assignment]
+    try:
+        yield tracker
+    finally:
+        sys.stdout = original
+
+
 def prepare(args: list[str]) -> None:
     """``tracin-lightning prepare``: labelled training triples -> memory-mappable ``.npy`` id array."""
-    import argparse
-
     from .inputs.maps import LabelMaps
     from .inputs.triples import prepare_id_array
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tracin-lightning prepare",
         description="Convert labelled training triples once into an (N, 3) int64 .npy id array; use it as "
         "data.train_path (with the same maps) so runs memory-map the ids instead of parsing text.",
@@ -56,8 +141,6 @@ def prepare(args: list[str]) -> None:
 
 def evaluate(args: list[str]) -> None:
     """``tracin-lightning evaluate OUTPUT_DIR --expected FILE``: hits@k, MRR, MAP of known explanations."""
-    import argparse
-
     import numpy as np
     import torch
     import yaml
@@ -65,7 +148,7 @@ def evaluate(args: list[str]) -> None:
     from .evaluate import explanation_metrics, read_expected_explanations
     from .outputs.atomic import write_json
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tracin-lightning evaluate",
         description="Score the influence ranking of a finished run (save_matrix: true) against expected "
         "explanation edges; writes OUTPUT_DIR/explanation_metrics.json.",
@@ -132,11 +215,9 @@ def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any
 
 def report(args: list[str]) -> None:
     """``tracin-lightning report OUTPUT_DIR``: a static HTML report (tables, charts, drawings) of a run."""
-    import argparse
-
     from .report import ReportDependencyError, build_report
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tracin-lightning report",
         description="Write a static HTML + PNG report of a finished run (default: OUTPUT_DIR/report/) "
         "and print the path of its index.html.",
@@ -176,13 +257,17 @@ def main(args: list[str] | None = None) -> None:
         if args is None:  # LightningCLI reads sys.argv itself, and DDP relaunches it: keep both right
             sys.argv[1:] = argv
             os.environ[DEBUG_ENV] = "1"
-    try:
-        _dispatch(argv)
-    except (TracInInputError, OSError) as error:
-        if debug or args is not None:  # called from Python: the caller gets the exception
-            raise
-        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    with _quiet_known_noise(), _tracked_stdout() as stdout:
+        try:
+            _dispatch(argv)
+        except (TracInInputError, OSError) as error:
+            if debug or args is not None:  # called from Python: the caller gets the exception
+                raise
+            if stdout.open_line:  # end a progress bar's line: the error gets a line of its own
+                stdout.stream.write("\n")
+                stdout.stream.flush()
+            print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
 
 def predict(args: list[str]) -> None:

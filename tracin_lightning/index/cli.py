@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
@@ -19,13 +21,28 @@ class IndexCLI(TracInCLI):
     builds an index once ``index.directory`` is added; its ``writer`` section is accepted and unused.
     """
 
+    command = "index"
+    description = (
+        "Build an influence index: store every training triple's reduced gradients at every checkpoint "
+        "in index.directory once, so `tracin-lightning explain` answers test triples exactly on demand. "
+        "Takes predict's model.*, data.* and trainer.* keys."
+    )
+    output_key = ("index", "directory")
+
+    @override
+    def check_config(self, config: Any) -> None:
+        pass  # model.top_k and model.mode are not used by an index build
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(IndexWriter, "index")
         parser.add_argument("--writer", type=dict | None, default=None, help="predict's writer keys (unused)")
 
-    def before_predict(self) -> None:  # LightningCLI's hook for the predict subcommand (found by name)
-        """Keep the resolved configuration in the index folder, for provenance."""
+    def after_predict(self) -> None:  # LightningCLI's hook for the predict subcommand (found by name)
+        """Keep the resolved configuration in the finished index folder, for provenance.
+
+        Written after the build, so a build refused on bad input leaves no ``config.yaml``.
+        """
         if self.trainer.is_global_zero:
             writer = next(c for c in self.trainer.callbacks if isinstance(c, IndexWriter))  # type: ignore[attr-defined]
             text = self._subcommand_parsers["predict"].dump(self.config["predict"], skip_none=False)
@@ -35,4 +52,4 @@ class IndexCLI(TracInCLI):
 
 def index(args: list[str]) -> None:
     """``tracin-lightning index --config run.yaml``: build an influence index (see :class:`IndexCLI`)."""
-    launch(IndexCLI, IndexModule, args, save_config_callback=None)  # before_predict keeps the config
+    launch(IndexCLI, IndexModule, args, save_config_callback=None)  # after_predict keeps the config

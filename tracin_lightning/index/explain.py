@@ -6,16 +6,45 @@ Lightning: only torch, numpy and the index files, so a question costs no Lightni
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path
 
-__all__ = ["explain"]
+__all__ = ["describe_index", "explain"]
+
+
+def describe_index(found: Any) -> str:
+    """One line: the model, checkpoints and build time an opened index answers for.
+
+    The build time is when the build wrote ``manifest.json`` (its last file), in UTC.
+    """
+    manifest = found.manifest
+    checkpoints = manifest["checkpoints"]
+    shown = [f"{Path(c['name']).name} (lr {c['learning_rate']:g})" for c in checkpoints[:3]]
+    if len(checkpoints) > 3:
+        shown.append(f"... {len(checkpoints) - 3} more")
+    built = datetime.fromtimestamp((found.directory / "manifest.json").stat().st_mtime, tz=timezone.utc)
+    source = manifest.get("model_source")
+    model = manifest["model_class"] + (f" from {source}" if source else "")
+    return (
+        f"index {found.directory}: {model}; {len(checkpoints)} checkpoint(s): {', '.join(shown)}; "
+        f"built {built:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _one_triple_hint(extra: list[str], triples: list[list[str]]) -> str:
+    """The error for values left over after ``--triple HEAD RELATION TAIL`` (a label with spaces)."""
+    last = triples[-1] if triples else []
+    return (
+        f"--triple takes exactly three values (HEAD RELATION TAIL), and {' '.join(extra)!r} was left over "
+        f"after --triple {' '.join(last)}: quote a label that contains spaces, e.g. "
+        "--triple 'head' 'a relation with spaces' 'tail'"
+    )
 
 
 def _test_triples(found: Any, triples: list[list[str]]) -> Any:
@@ -31,29 +60,47 @@ def _test_triples(found: Any, triples: list[list[str]]) -> Any:
 
 
 def explain(args: list[str]) -> None:
-    """``tracin-lightning explain``: top proponents and opponents of test triples, from an index."""
+    """``tracin-lightning explain``: top proponents and opponents of test triples, from an index.
+
+    Prints one line to stderr naming the model, checkpoints and build time the index answers for,
+    then the rows as tab-separated values to stdout, and writes them to ``--output``. Bad input (an
+    unknown label, ``--top`` below 1, a ``--model`` that is not the indexed one) is one error line.
+    """
+    from ..cli import ArgumentParser
     from ..outputs.schema import TOPK_COLUMNS, TOPK_NAME_COLUMNS
     from .query import InfluenceIndex
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tracin-lightning explain",
         description="Explain test triples from an index built by `tracin-lightning index`: prints and writes "
-        "the columns of influence_topk.csv (test_index is the position among the --triple options).",
+        "the columns of influence_topk.csv (test_index is the position among the --triple options). "
+        "A line on stderr names the model, checkpoints and build time the index answers for.",
     )
     parser.add_argument("--index", required=True, help="the index folder (index.directory)")
     parser.add_argument(
         "--triple", nargs=3, action="append", required=True, metavar=("HEAD", "RELATION", "TAIL"),
-        help="a test triple as labels (ids when the index has no maps); repeat for several",
+        help="a test triple as labels (ids when the index has no maps); repeat for several; quote a "
+        "label that contains spaces",
     )  # fmt: skip
-    parser.add_argument("--top", type=int, default=10, help="proponents and opponents per test triple")
+    parser.add_argument("--top", type=int, default=10, help="proponents and opponents per test triple (>= 1)")
     parser.add_argument("--output", type=Path, default=Path("explain_topk.csv"), help="CSV to write")
-    options = parser.parse_args(args)
-    try:
-        found = InfluenceIndex.open(options.index)
-        test = _test_triples(found, options.triple)
-        top = found.top_k(test, options.top)
-    except TracInInputError as error:
-        raise SystemExit(f"tracin-lightning explain: {error}") from None
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model you mean to explain (a PyKEEN folder or model file): refused unless it is the one "
+        "the index was built from (weights compared by sha256)",
+    )
+    options, extra = parser.parse_known_args(args)
+    if extra:
+        if any(value.startswith("-") for value in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        raise TracInInputError(_one_triple_hint(extra, options.triple))
+    if options.top < 1:
+        raise TracInInputError(f"--top must be at least 1, got {options.top}")
+    found = InfluenceIndex.open(options.index, model=options.model)
+    print(describe_index(found), file=sys.stderr, flush=True)
+    test = _test_triples(found, options.triple)
+    top = found.top_k(test, options.top)
     maps, names, train = found.maps, found.names, found.train_triples
 
     def label(ids: list[int]) -> list[str]:
