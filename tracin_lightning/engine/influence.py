@@ -1,4 +1,8 @@
-"""TracInCP over several checkpoints: the functional core the Lightning module calls per batch."""
+"""TracInCP over several checkpoints: the functional core the Lightning module calls per batch.
+
+Every function takes an optional ``variant`` (:mod:`~tracin_lightning.engine.variants`: a name such
+as ``cosine`` or an instance); None is plain TracInCP, computed exactly as without the keyword.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from torch import Tensor
 
 from .gradients import PerSampleGradients
 from .structure import SampleGradients, pairwise_dot, self_dot
+from .variants import InfluenceVariant, VariantContext, VariantHint, resolve_variant
 
 __all__ = [
     "CheckpointState",
@@ -22,10 +27,18 @@ __all__ = [
 
 @dataclass
 class CheckpointState:
-    """Model tensors (parameters and buffers by name) at one checkpoint, with its learning rate."""
+    """Model tensors (parameters and buffers by name) at one checkpoint, with its learning rate.
+
+    Attributes:
+        state: parameter and buffer tensors by name.
+        learning_rate: the learning rate of the steps this checkpoint stands for.
+        exp_avg_sq: the optimizer's second moment (Adam's ``v``, bias-corrected) by parameter name,
+            for the ``adam`` variant; None when the checkpoint was saved without it.
+    """
 
     state: Mapping[str, Tensor]
     learning_rate: float
+    exp_avg_sq: Mapping[str, Tensor] | None = None
 
 
 class NonFiniteGradientError(ValueError):
@@ -57,6 +70,7 @@ def test_gradients(
     triples: Tensor,
     *,
     batch_size: int = 256,
+    variant: VariantHint = None,
 ) -> list[SampleGradients]:
     """Per-sample gradients of the test triples at every checkpoint, computed once and cached.
 
@@ -65,14 +79,24 @@ def test_gradients(
         checkpoints: model states with learning rates.
         triples: ``(T, 3)`` test triples.
         batch_size: test triples per vmap call (bounds peak memory).
+        variant: the scoring variant; its test side is prepared here (e.g. unit norm per group for
+            ``cosine``). Pass the same variant to :func:`batch_influence`.
 
     Returns:
         One :class:`SampleGradients` of ``T`` samples per checkpoint.
     """
+    chosen = None if variant is None else resolve_variant(variant)
+    if chosen is not None:
+        chosen.check(checkpoints)
     out = []
     for k, checkpoint in enumerate(checkpoints):
         parts = [_checked(gradients(checkpoint.state, chunk), k) for chunk in triples.split(batch_size)]
-        out.append(SampleGradients.cat(parts))
+        joined = SampleGradients.cat(parts)
+        if chosen is not None:
+            with _no_autocast(triples.device):
+                context = VariantContext.of(gradients, checkpoint, k)
+                joined = chosen.prepare_test(joined, triples=triples, context=context)
+        out.append(joined)
     return out
 
 
@@ -81,12 +105,24 @@ def batch_influence(
     checkpoints: Sequence[CheckpointState],
     test: Sequence[SampleGradients],
     triples: Tensor,
+    *,
+    variant: VariantHint = None,
 ) -> Tensor:
     """TracInCP influence of training ``triples`` ``(B, 3)`` on all cached test triples.
 
+    Args:
+        gradients: the per-sample gradient function.
+        checkpoints: model states with learning rates.
+        test: the cached test gradients from :func:`test_gradients` (with the same ``variant``).
+        triples: ``(B, 3)`` training triples.
+        variant: the scoring variant; None is plain TracInCP.
+
     Returns:
-        ``(T, B)`` float32: ``sum_k lr_k <grad loss(test_t; theta_k), grad loss(train_b; theta_k)>``.
+        ``(T, B)`` float32: ``sum_k lr_k <grad loss(test_t; theta_k), grad loss(train_b; theta_k)>``,
+        or the variant's score.
     """
+    if variant is not None:
+        return _variant_influence(resolve_variant(variant), gradients, checkpoints, test, triples)
     scores: Tensor | None = None
     for k, (checkpoint, cached) in enumerate(zip(checkpoints, test)):
         train = _checked(gradients(checkpoint.state, triples), k)
@@ -100,10 +136,54 @@ def batch_influence(
     return scores
 
 
-def batch_self_influence(
-    gradients: PerSampleGradients, checkpoints: Sequence[CheckpointState], triples: Tensor
+def _variant_influence(
+    variant: InfluenceVariant,
+    gradients: PerSampleGradients,
+    checkpoints: Sequence[CheckpointState],
+    test: Sequence[SampleGradients] | None,
+    triples: Tensor,
 ) -> Tensor:
-    """Self-influence ``sum_k lr_k ||grad loss(z; theta_k)||^2`` of each triple, shape ``(B,)``."""
+    """The variant's ``(T, B)`` scores; ``test=None`` scores each training triple against itself ``(B,)``."""
+    variant.check(checkpoints)
+    scores: Tensor | None = None
+    own: Tensor | None = None  # plain self-influence, for variants that divide by it
+    for k, checkpoint in enumerate(checkpoints):
+        raw = _checked(gradients(checkpoint.state, triples), k)
+        with _no_autocast(triples.device):
+            context = VariantContext.of(gradients, checkpoint, k)
+            if variant.needs_self_influence:
+                term_self = self_dot(raw).mul_(checkpoint.learning_rate)
+                own = term_self if own is None else own.add_(term_self)
+            train = variant.prepare_train(raw, triples=triples, context=context)
+            if test is None:
+                mine = variant.prepare_test(raw, triples=triples, context=context)
+                term = torch.diagonal(variant.dot(mine, train, context=context)).clone()
+            else:
+                term = variant.dot(test[k], train, context=context)
+            term.mul_(checkpoint.learning_rate)
+            scores = term if scores is None else scores.add_(term)
+    if scores is None:
+        size = (triples.shape[0],) if test is None else (test[0].batch_size, triples.shape[0])
+        return torch.zeros(size, dtype=torch.float32, device=triples.device)
+    if test is None:
+        return variant.finish(scores.unsqueeze(0), own).squeeze(0)
+    return variant.finish(scores, own)
+
+
+def batch_self_influence(
+    gradients: PerSampleGradients,
+    checkpoints: Sequence[CheckpointState],
+    triples: Tensor,
+    *,
+    variant: VariantHint = None,
+) -> Tensor:
+    """Self-influence ``sum_k lr_k ||grad loss(z; theta_k)||^2`` of each triple, shape ``(B,)``.
+
+    With a ``variant``, each triple's score against itself under that variant (e.g. ``relatif``:
+    ``sqrt`` of the plain self-influence); this forms a ``(B, B)`` matrix per checkpoint.
+    """
+    if variant is not None:
+        return _variant_influence(resolve_variant(variant), gradients, checkpoints, None, triples)
     scores = torch.zeros(triples.shape[0], dtype=torch.float32, device=triples.device)
     for k, checkpoint in enumerate(checkpoints):
         train = _checked(gradients(checkpoint.state, triples), k)
