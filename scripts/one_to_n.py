@@ -1,12 +1,12 @@
-"""1-N (LCWA) training for the necessary-explanations cells: ConvE's tail scores as a matrix product,
-and PyKEEN's LCWA loop with removed triples taken out of the labels (the paired retrain).
+"""1-N (LCWA) training for the necessary-explanations cells: tail scores as a matrix product, and
+PyKEEN's LCWA loop with removed triples taken out of the labels (the paired retrain).
 
 PyKEEN's ``ConvEInteraction`` ends with ``batched_dot(x, t) = (x * t).sum(-1)``: scoring a batch of
 ``(h, r)`` features against every entity materialises a ``(batch, entities, dim)`` product, 83% of a
-12.1 s step on WN18RR (``scripts/profile_conve.py``). :class:`MatmulConvEInteraction` computes the
-same contraction with ``einsum``, which torch turns into one matrix product here; it is PyKEEN's
-``forward`` otherwise unchanged, so the parameters, their state dict, dropout's random draws and the
-scores are the same (checked against PyKEEN's in ``tests/test_one_to_n.py``).
+12.1 s step on WN18RR (``scripts/profile_conve.py``). :func:`use_matmul_scoring` applies the package's
+:func:`tracin_lightning.training.fast_one_to_n`, which computes the same contraction with ``einsum``
+(one matrix product); parameters, state dict, dropout's random draws and scores are PyKEEN's (checked
+in ``tests/test_one_to_n.py``).
 """
 
 from __future__ import annotations
@@ -14,43 +14,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pykeen.nn.modules import ConvEInteraction
 from pykeen.training import LCWATrainingLoop
 from torch import Tensor, nn
 
-__all__ = ["MaskingLCWATrainingLoop", "MatmulConvEInteraction", "use_matmul_scoring"]
+from tracin_lightning.training import fast_one_to_n
 
-
-class MatmulConvEInteraction(ConvEInteraction):
-    """PyKEEN's ConvE interaction with its last contraction done by ``einsum`` (a matrix product)."""
-
-    def forward(self, h: Tensor, r: Tensor, t: tuple[Tensor, Tensor]) -> Tensor:
-        # PyKEEN's ConvEInteraction.forward (pykeen 1.11), but for its last line
-        t_emb, t_bias = t
-        shape = self.shape_info
-        image = (shape.input_channels, shape.image_height, shape.image_width)
-        x = torch.cat(
-            torch.broadcast_tensors(h.view(*h.shape[:-1], *image), r.view(*r.shape[:-1], *image)), dim=-2
-        )
-        prefix_shape = x.shape[:-3]
-        x = x.view(-1, shape.input_channels, 2 * shape.image_height, shape.image_width)
-        x = self.hr2d(x)
-        x = x.view(-1, shape.num_in_features)
-        x = self.hr1d(x)
-        x = x.view(*prefix_shape, h.shape[-1])
-        return torch.einsum("...d,...d->...", x, t_emb) + t_bias
+__all__ = ["MaskingLCWATrainingLoop", "use_matmul_scoring"]
 
 
 def use_matmul_scoring(model: nn.Module) -> nn.Module:
-    """Give a PyKEEN ConvE model :class:`MatmulConvEInteraction`'s forward, in place; returns it.
+    """:func:`~tracin_lightning.training.fast_one_to_n` on ``model``, kept on; returns the model.
 
     Only the class of the interaction module changes (its forward): every parameter, buffer and the
-    state dict stay as they are, so models trained either way load into the other.
+    state dict stay as they are, and the model pickles as PyKEEN's own, so models trained either way
+    load into the other.
     """
-    interaction = model.interaction  # type: ignore[attr-defined]
-    if type(interaction) is not ConvEInteraction:
-        raise TypeError(f"expected PyKEEN's ConvEInteraction, got {type(interaction).__name__}")
-    interaction.__class__ = MatmulConvEInteraction
+    fast_one_to_n(model)
     return model
 
 

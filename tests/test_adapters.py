@@ -70,3 +70,41 @@ def test_unknown_adapter_name_lists_the_known_ones() -> None:
 def test_register_rejects_what_is_not_an_adapter() -> None:
     with pytest.raises(TypeError, match="is not a ScoringAdapter"):
         register_adapter(object())  # type: ignore[arg-type]
+
+
+def test_an_engine_class_that_changes_the_loss_is_not_used() -> None:
+    """An adapter's faster class for the engine's copy must compute the same loss: one that does not is
+    dropped (the copy keeps the model's classes) and the gradients stay the model's."""
+    pytest.importorskip("pykeen")
+    from pykeen.datasets import Nations
+    from pykeen.models import DistMult
+    from pykeen.nn.modules import DistMultInteraction
+    from reference import assert_rows_close, dense_gradients_at
+
+    from tracin_lightning.engine.adapters.pykeen import PyKEENAdapter
+    from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+    from tracin_lightning.engine.plan import to_dense
+
+    class Doubled(DistMultInteraction):
+        def forward(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+            return 2 * super().forward(h, r, t)
+
+    class Wrong(PyKEENAdapter):
+        def engine_class(self, module: nn.Module) -> type[nn.Module] | None:
+            return Doubled if type(module) is DistMultInteraction else None
+
+    factory = Nations().training
+    model = DistMult(triples_factory=factory, embedding_dim=8, random_seed=0).eval()
+    names = select_parameters(model, None)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    triples = factory.mapped_triples[:5]
+    for adapter, kept in ((Wrong(), DistMultInteraction), (PyKEENAdapter(), None)):
+        loss = TripleLoss(model=model, loss="ce", adapter=adapter)
+        psg = PerSampleGradients(loss=loss, params=names, adapter=adapter)
+        grads = psg(state, triples)
+        copied = type(psg._copy.model.interaction)  # type: ignore[union-attr]
+        assert copied is kept if kept else copied.__name__ == "MatmulDistMultInteraction"
+        assert psg.plan is not None
+        dense = to_dense(grads, psg.plan, state)
+        ours = torch.cat([dense[n].reshape(len(triples), -1) for n in names], 1)
+        assert_rows_close(ours, dense_gradients_at(model, state, triples, loss="ce", inverse=False))

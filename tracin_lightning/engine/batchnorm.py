@@ -4,7 +4,9 @@
 time); with frozen statistics it is exactly ``(x - mean) * weight / sqrt(var + eps) + bias``, which
 vmap handles as plain elementwise arithmetic. The user's modules are never patched: the engine runs
 a shallow copy of the module tree (:func:`engine_copy`) whose BatchNorm modules are instances of an
-eval-affine subclass, sharing every parameter and buffer tensor with the original.
+eval-affine subclass, sharing every parameter and buffer tensor with the original. A scoring
+adapter may give other modules of the copy a faster class of the same maths the same way (PyKEEN's
+interactions take their matrix-product form, see :mod:`tracin_lightning.engine.adapters.pykeen`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def _mirror(module: nn.Module, twin: nn.Module) -> None:
         twin.__dict__[key] = copy.copy(value) if isinstance(value, (dict, set)) else value
 
 
-def engine_copy(root: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+def engine_copy(
+    root: nn.Module, *, replace: Callable[[nn.Module], type[nn.Module] | None] | None = None
+) -> tuple[nn.Module, Callable[[], None]]:
     """A shallow structural copy of ``root`` for the engine to hook and run, and a function that
     brings it up to date with the originals (call it before each use).
 
@@ -76,6 +80,8 @@ def engine_copy(root: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
     weight is copied. BatchNorm modules become :func:`affine_batch_norm` subclasses. The update
     re-reads each original's attributes (train/eval flag, parameters and buffers, which ``.to()``
     may have replaced), not its children: the module tree is the one of construction time.
+    ``replace(module)``, if given, names a class for the copy of ``module`` (None: keep its own); it
+    must be a subclass computing the same function, e.g. with a faster contraction.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
@@ -94,6 +100,8 @@ def engine_copy(root: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
                 twin.__dict__[key] = copy.copy(value)
         if isinstance(module, _BatchNorm):
             twin.__class__ = _affine_class(type(module))
+        elif replace is not None and (cls := replace(module)) is not None:
+            twin.__class__ = cls
         for name, child in module._modules.items():
             twin._modules[name] = None if child is None else clone(child)
         pairs.append((module, twin))

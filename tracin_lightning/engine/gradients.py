@@ -103,7 +103,8 @@ class PerSampleGradients:
         self.factorize = factorize
         self.compile = compile
         self.plan: GradientPlan | None = None
-        self._copy, self._sync = engine_copy(loss)  # what the engine hooks and runs
+        # what the engine hooks and runs; the adapter may give modules of it a faster class
+        self._copy, self._sync = engine_copy(loss, replace=getattr(self.adapter, "engine_class", None))
         self._active: ProbeCalls | None = None
         self._fn: Callable[..., Any] | None = None
         self._shapes: list[Call] | None = None
@@ -133,6 +134,7 @@ class PerSampleGradients:
         check would mistake rounding for a wrong path.
         """
         with torch.autocast(device_type=triple.device.type, enabled=False):
+            self._check_copy(state, triple)
             if not self.factorize:
                 return GradientPlan(dense=list(self.params))
             whole_reads = isinstance(self.loss, ScoresAllTails) and self.loss.tail_scores is not None
@@ -144,6 +146,17 @@ class PerSampleGradients:
                 logger.info("parameters reached outside probed calls, using the dense path: %s", wrong)
                 plan = without(plan, wrong, self.params)
             return plan
+
+    def _check_copy(self, state: Mapping[str, Tensor], triple: Tensor) -> None:
+        """The copy's loss must be the user's module's: if a class the adapter gave it disagrees, the
+        copy takes the user's classes (slower, never wrong)."""
+        self._sync()
+        with torch.no_grad():
+            ours = self._forward(state, triple)
+            theirs = functional_call(self.loss, {f"model.{k}": v for k, v in state.items()}, (triple,))
+        if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max().clamp_min(1))):
+            logger.info("the adapter's engine classes change the loss; using the model's own classes")
+            self._copy, self._sync = engine_copy(self.loss)
 
     def _check(self, plan: GradientPlan, state: Mapping[str, Tensor], triple: Tensor) -> set[str]:
         names = [n for n in self.params if n not in plan.dense]

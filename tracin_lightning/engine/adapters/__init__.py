@@ -7,7 +7,10 @@ trained with inverse triples numbers its relations, and which modules are embedd
 by :func:`resolve_adapter`: the first registered adapter that :meth:`~ScoringAdapter.matches` the
 model, else :class:`GenericAdapter`, which serves any ``nn.Module`` with ``score_hrt``.
 
-Another library adds its own with :func:`register_adapter`.
+Another library adds its own with :func:`register_adapter`. An adapter may also have an optional
+``engine_class(module) -> type | None``: a faster class of the same maths for the engine's own copy of
+a module (see :func:`~tracin_lightning.engine.batchnorm.engine_copy`); the user's module is never
+changed. :class:`GenericAdapter` has one that changes nothing.
 
 Example:
     >>> import torch
@@ -115,6 +118,10 @@ class GenericAdapter:
 
     def is_whole_read(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
         return False
+
+    def engine_class(self, module: nn.Module) -> type[nn.Module] | None:
+        """A faster class of the same maths for the engine's copy of ``module``; None keeps its own."""
+        return None
 
 
 _REGISTRY: dict[str, ScoringAdapter] = {}
