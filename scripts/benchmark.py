@@ -12,7 +12,7 @@ Methods (``--methods``, comma separated):
 - ``vmap``: ``torch.func`` vmap(grad) over all parameters densely (``factorize=False``).
 - ``captum``: ``captum.influence.TracInCP`` in influence mode (per-example losses, full model).
 - ``engine``: this package's engine (gathered rows + rank-one linear factors) over ALL triples.
-- ``trainer``: the same through ``tracin_lightning.api.compute_influence`` (a Lightning Trainer).
+- ``trainer``: the same through the public ``tracin_lightning.compute_influence`` (the functional core).
 - ``floor``: one plain batched forward+backward over the same triples (not TracIn; the cost floor).
 
 Examples::
@@ -68,7 +68,7 @@ NAMES = {
     "captum": "Captum TracInCP (influence mode)",
     "captum-fast": "Captum TracInCP, sample_wise_grads_per_batch=True (NOT full TracIn)",
     "engine": "tracin-lightning engine (rows + rank-one factors)",
-    "trainer": "tracin-lightning (Trainer)",
+    "trainer": "tracin-lightning (public API)",
     "floor": "one batched forward+backward (floor, not TracIn)",
 }
 GIB = 2**30
@@ -526,17 +526,17 @@ def compare(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
         rows["floor"] = make_row("floor", min(floor_times), nf, n, floor_mem, note)
         rows["floor"]["all_seconds"] = floor_times
 
-    # -- through the Lightning Trainer (tracin_lightning.api)
+    # -- through the public function (tracin_lightning.compute_influence)
     if "trainer" in methods:
         try:
-            from tracin_lightning.api import compute_influence
+            from tracin_lightning.functional import compute_influence
 
-            kwargs = dict(loss=args.loss, batch_size=args.batch_size, trainer_kwargs={"accelerator": dev})
+            kwargs = dict(loss=args.loss, batch_size=args.batch_size, device=dev)
             compute_influence(s.model, s.train[: 2 * args.batch_size], s.test, **kwargs)  # warm-up
             with PeakMemory(dev) as mem:
                 t, out = timed(lambda: compute_influence(s.model, s.train, s.test, **kwargs), dev)
             rows["trainer"] = make_row(
-                "trainer", t, n, n, mem, f"all {n:,} triples, 1 run; Trainer set-up included"
+                "trainer", t, n, n, mem, f"all {n:,} triples, 1 run; checkpoint loading included"
             )
             results["trainer"] = out
         except Exception as error:

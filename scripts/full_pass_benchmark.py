@@ -97,8 +97,8 @@ def main() -> None:
     from tracin_lightning import compute_influence
 
     default_batch = inspect.signature(compute_influence).parameters["batch_size"].default
-    if default_batch is None:  # chosen by the loss (tracin_lightning.api.default_batch_size)
-        from tracin_lightning.api import default_batch_size
+    if default_batch is None:  # chosen by the loss (tracin_lightning.functional.default_batch_size)
+        from tracin_lightning.functional import default_batch_size
 
         default_batch = default_batch_size("bce")
     batch_size = args.batch_size or default_batch

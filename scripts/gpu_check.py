@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 import tracin_lightning
-from tracin_lightning.api import compute_influence
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.engine.losses import TripleLoss
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 from tracin_lightning.lightning.module import TracInModule
@@ -432,7 +432,7 @@ def exactness(check: Check) -> None:
             run, train, test = get(name, inverse)
             ours = compute_influence(
                 run.model, train, test, checkpoints=run.states, learning_rates=run.learning_rates,
-                loss=loss, batch_size=16, trainer_kwargs={"accelerator": check.accelerator},
+                loss=loss, batch_size=16, device=check.device,
             )  # fmt: skip
             model = run.model.to(check.device)
             reference = reference_influence(
@@ -519,7 +519,7 @@ def fb_models(check: Check, store: dict[str, Any]) -> None:
             )  # fmt: skip
             common = dict(
                 checkpoints=run.states, learning_rates=run.learning_rates, batch_size=size.batch_size,
-                trainer_kwargs={"accelerator": check.accelerator},
+                device=check.device,
             )  # fmt: skip
             compute_influence(run.model, train[: 2 * size.batch_size], test, **common)  # warm-up
             seconds, matrix = check.timed(lambda: compute_influence(run.model, train, test, **common))
@@ -580,7 +580,7 @@ def precision(check: Check, store: dict[str, Any]) -> None:
                     checkpoints=run.states,
                     learning_rates=run.learning_rates,
                     batch_size=check.size.batch_size,
-                    trainer_kwargs={"accelerator": check.accelerator, "precision": mode},
+                    device=check.device, precision=mode,
                 )
                 compute_influence(run.model, fb.train[: 2 * check.size.batch_size], fb.test, **common)
                 seconds, mixed = check.timed(

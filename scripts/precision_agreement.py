@@ -16,7 +16,7 @@ import warnings
 import torch
 from torchmetrics.functional import spearman_corrcoef
 
-from tracin_lightning.api import compute_influence
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.inputs.checkpoint_files import load_model
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 
@@ -38,7 +38,7 @@ def main() -> None:
     full_s = time.perf_counter() - start
     start = time.perf_counter()
     mixed = compute_influence(
-        model, data.train_triples, data.test_triples, trainer_kwargs={"precision": args.precision}, **kwargs
+        model, data.train_triples, data.test_triples, precision=args.precision, **kwargs
     )  # type: ignore[arg-type]
     mixed_s = time.perf_counter() - start
     rho = spearman_corrcoef(mixed.T, full.T)

@@ -449,7 +449,7 @@ def test_tracin_over_pykeen_pipeline_checkpoints(pykeen_run: tuple[Path, nn.Modu
     from pykeen.datasets import Nations
     from reference import assert_rows_close, reference_influence
 
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
 
     root, model = pykeen_run
     dataset = Nations()

@@ -14,7 +14,7 @@ import torch
 from reference import assert_rows_close, dense_gradients_at, row_errors
 from torch import Tensor
 
-from tracin_lightning.api import compute_influence, compute_self_influence
+from tracin_lightning.functional import compute_influence, compute_self_influence
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 from tracin_lightning.lightning.module import TracInModule
 

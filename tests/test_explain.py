@@ -14,6 +14,7 @@ from reference import reference_influence
 
 import tracin_lightning as tl
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.functional import prepare
 from tracin_lightning.inputs.manifest import read_manifest
 
 PREDICTIONS = [("uk", "intergovorgs", "usa"), ("usa", "treaties", "uk"), ("china", "embassy", "burma")]
@@ -178,3 +179,29 @@ def test_names_are_added_for_every_label(result) -> None:
     table = tl.explain(result, PREDICTIONS[:1], top_k=2, names={"uk": "United Kingdom"})
     assert set(table.test_head_name) == {"United Kingdom"}
     assert (table.train_relation_name == table.train_relation).all()  # unnamed labels keep their label
+
+
+def test_the_models_own_rank_of_each_prediction(result) -> None:
+    table = tl.explain(result, PREDICTIONS, top_k=1)
+    factory, model = result.training, result.model
+    for row in table.itertuples():
+        h, r, t = (factory.entity_to_id[row.test_head], factory.relation_to_id[row.test_relation],
+                   factory.entity_to_id[row.test_tail])  # fmt: skip
+        with torch.no_grad():
+            scores = model.score_hrt(torch.tensor([[h, r, e] for e in range(factory.num_entities)])).squeeze(
+                1
+            )  # every tail scored one triple at a time, as a check of the 1-N path
+        assert row.prediction_score == pytest.approx(float(scores[t]), rel=1e-5, abs=1e-6)
+        assert row.prediction_rank == 1 + int((scores > scores[t]).sum())
+
+
+def test_the_models_own_rank_with_inverse_triples(trained) -> None:
+    run = trained("ConvE", True)
+    prepared = prepare(run.model)
+    found = prepared.tail_ranks(run.test)
+    assert found is not None
+    with torch.no_grad():
+        expected = run.model.predict_t(run.test[:, :2])  # PyKEEN's own 1-N prediction, ids mapped by it
+    true = expected.gather(1, run.test[:, 2:3]).squeeze(1)
+    torch.testing.assert_close(found[0], true, rtol=1e-5, atol=1e-6)
+    assert found[1].tolist() == (1 + (expected > true.unsqueeze(1)).sum(1)).tolist()

@@ -421,7 +421,7 @@ def test_cli_paths_filter_in_one_and_two_processes(saved_conve, tmp_path: Path) 
     assert np.array_equal(np.nonzero(~np.isnan(matrix).all(0))[0], union)
     assert all(int(r["train_index"]) in expected[[0, 5, 7, 11].index(int(r["test_index"]))] for r in rows)
     # candidates score as in an unfiltered run of the same pairs
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
     from tracin_lightning.inputs.manifest import read_manifest
 
     checkpoints = read_manifest(saved_conve.manifest)

@@ -27,7 +27,7 @@ from conftest import _CACHE, MODEL_KWARGS, train_model
 from reference import reference_influence
 from scipy.stats import spearmanr
 
-from tracin_lightning.api import compute_influence
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.cli import main
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.index import InfluenceIndex, build_index

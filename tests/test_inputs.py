@@ -421,7 +421,7 @@ def test_nan_or_inf_in_the_weights_names_parameter_and_checkpoint(
 ) -> None:
     import copy
 
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
 
     run = trained("DistMult", False)
     model = copy.deepcopy(run.model)

@@ -12,7 +12,7 @@ import torch
 from reference import assert_rows_close, reference_influence
 from torch import nn
 
-from tracin_lightning.api import compute_influence
+from tracin_lightning.functional import compute_influence
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 

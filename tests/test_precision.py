@@ -7,7 +7,7 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.retrieval import retrieval_precision
 
-from tracin_lightning.api import compute_influence
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.inputs.manifest import read_manifest
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 
@@ -34,7 +34,7 @@ def test_bf16_mixed_agrees_with_float32(saved_conve) -> None:
     train = data.train_triples[:800]
     full = compute_influence(saved_conve.model, train, data.test_triples, **kwargs)  # type: ignore[arg-type]
     mixed = compute_influence(
-        saved_conve.model, train, data.test_triples, trainer_kwargs={"precision": "bf16-mixed"}, **kwargs
+        saved_conve.model, train, data.test_triples, precision="bf16-mixed", **kwargs
     )  # type: ignore[arg-type]
     assert mixed.dtype == torch.float32
     rho = spearman_corrcoef(mixed.T, full.T)

@@ -9,6 +9,7 @@ has to reason about PyKEEN's row order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,8 @@ COLUMNS = (
     "test_head",
     "test_relation",
     "test_tail",
+    "prediction_score",
+    "prediction_rank",
     "kind",
     "rank",
     "score",
@@ -99,7 +102,9 @@ def _test_triples(triples: Any, maps: LabelMaps | None) -> Tensor:
     return maps.encode(rows, source="triples")
 
 
-def _checkpoints(model: nn.Module, checkpoints: Any) -> Any:
+def _checkpoints(
+    model: nn.Module, checkpoints: Sequence[CheckpointArg] | str | Path | None
+) -> Sequence[CheckpointArg] | str | Path | None:
     if checkpoints is not None:
         return checkpoints
     return recorded_manifest(model)  # PyKEENTracInCallback's, when it ran here; else the model's weights
@@ -154,9 +159,12 @@ def explain(
 
     Returns:
         One row per (prediction, influential training triple): the columns of :data:`COLUMNS` (and
-        ``*_name`` columns with ``names``). ``kind`` is ``proponent`` (rank 1 = most supportive) or
-        ``opponent``. A prediction left without candidates by the filter gets no rows; the table's
-        ``attrs`` say which (``no_candidates``), and which loss, checkpoints and model were used.
+        ``*_name`` columns with ``names``). ``prediction_score`` and ``prediction_rank`` are the
+        model's own score of the prediction and the rank of its tail among all entities (unfiltered;
+        -1 for a model that cannot score all tails). ``kind`` is ``proponent`` (rank 1 = most
+        supportive) or ``opponent``. A prediction left without candidates by the filter gets no
+        rows; the table's ``attrs`` say which (``no_candidates``), and which loss, checkpoints and
+        model were used.
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -200,16 +208,18 @@ def explain(
         )
     k = min(top_k, int(train.shape[0]))
     top = top_influence(run, train, test, top_k=k, batch_size=batch_size, candidates=found)
+    ranked = run.tail_ranks(test)
     records = []
     empty = []
     for t in range(test.shape[0]):
+        prediction = (math.nan, -1) if ranked is None else (float(ranked[0][t]), int(ranked[1][t]))
         proponents, against = top.entries(t)
         if not proponents:
             empty.append(t)
         listed = [("proponent", proponents)] + ([("opponent", against)] if opponents else [])
         for kind, entries in listed:
             for rank, (score, row) in enumerate(entries, start=1):
-                records.append(_record(t, test[t], kind, rank, score, row, train[row], maps))
+                records.append(_record(t, test[t], prediction, kind, rank, score, row, train[row], maps))
     table = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     if names is not None:
         for column in (
@@ -234,7 +244,15 @@ def explain(
 
 
 def _record(
-    t: int, test: Tensor, kind: str, rank: int, score: float, row: int, train: Tensor, maps: LabelMaps | None
+    t: int,
+    test: Tensor,
+    prediction: tuple[float, int],
+    kind: str,
+    rank: int,
+    score: float,
+    row: int,
+    train: Tensor,
+    maps: LabelMaps | None,
 ) -> dict[str, Any]:
     test_ids, train_ids = tuple(test.tolist()), tuple(train.tolist())
     test_labels = _labels(test_ids, maps)
@@ -244,6 +262,8 @@ def _record(
         "test_head": test_labels[0],
         "test_relation": test_labels[1],
         "test_tail": test_labels[2],
+        "prediction_score": prediction[0],
+        "prediction_rank": prediction[1],
         "kind": kind,
         "rank": rank,
         "score": score,

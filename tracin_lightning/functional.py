@@ -134,6 +134,7 @@ class TracInRun:
         loss: the canonical loss name (or ``custom: ...`` for a ``loss_fn``).
         device: where gradients and dot products are computed.
         autocast_dtype: the forward pass's reduced-precision dtype, or None for full precision.
+        inverse: whether the model was trained with inverse triples.
     """
 
     model: nn.Module
@@ -143,6 +144,7 @@ class TracInRun:
     loss: str
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    inverse: bool = False
 
     @contextmanager
     def computing(self) -> Iterator[None]:
@@ -170,6 +172,29 @@ class TracInRun:
             return test_gradients(self.gradients, self.states, test_triples, batch_size=batch_size)
         except NonFiniteGradientError as error:
             raise self.non_finite(error, test_triples, _rows(test_triples), "test") from None
+
+    def tail_ranks(self, triples: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The model's own score of each ``(h, r, t)`` and the rank of ``t`` among all tails (1 = best).
+
+        Unfiltered (other true tails count), ties counted in the triple's favour, at the model's
+        current weights in eval mode. None for a model that cannot score all tails.
+        """
+        adapter = resolve_adapter(self.model)
+        if not adapter.can_score_tails(self.model):
+            return None
+        hrt = triples.long().to(self.device)
+        if self.inverse:
+            hrt, _ = adapter.inverse_triples(self.model, hrt)
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                scores = adapter.score_t(self.model, hrt[:, :2]).float()
+        finally:
+            for module, training in modes:
+                module.training = training
+        true = scores.gather(1, hrt[:, 2:3])
+        return true.squeeze(1).cpu(), (1 + (scores > true).sum(dim=1)).cpu()
 
     def non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str
@@ -281,6 +306,7 @@ def prepare(
         loss=triple_loss.description,
         device=target,
         autocast_dtype=dtype,
+        inverse=inverse,
     )
 
 
