@@ -389,3 +389,89 @@ def test_without_the_report_extra_only_the_report_fails(tmp_path: Path) -> None:
         'error: the report needs matplotlib: pip install "tracin-lightning[report]"'
     )
     assert not (tmp_path / "report").exists()
+
+
+# ---------------------------------------------------------------- explanation views (explanations.csv)
+def test_views_side_by_side_with_paths_named_on_every_node(runs: Runs, tmp_path: Path) -> None:
+    """The run's own influence matrix through three views, written, read back and shown per test triple."""
+    import html as markup
+
+    import numpy as np
+    import torch
+    from pykeen.datasets import Nations
+
+    from tracin_lightning.report.views import (
+        EXPLANATIONS_FILE,
+        explanation_rows,
+        read_explanations,
+        write_explanations,
+    )
+    from tracin_lightning.views import PathsView, SupportingView, explain_with_views
+
+    run = tmp_path / "run"
+    shutil.copytree(runs.influence, run, ignore=shutil.ignore_patterns("report"))
+    factory = Nations(create_inverse_triples=True).training
+    entity = {v: k for k, v in factory.entity_to_id.items()}
+    relation = {v: k for k, v in factory.relation_to_id.items()}
+    train = factory.mapped_triples
+    labels = [(entity[h], relation[r], entity[t]) for h, r, t in train.tolist()]
+    cases = read_topk(run / "influence_topk.csv", top=TOP_K)
+    test_labels = [(c.triple.head, c.triple.relation, c.triple.tail) for c in cases]
+    test = torch.tensor([[factory.entity_to_id[h], factory.relation_to_id[r], factory.entity_to_id[t]]
+                         for h, r, t in test_labels])  # fmt: skip
+    matrix = torch.from_numpy(np.load(run / "influence_matrix.npy")).float()
+    top = cases[0].proponents[0]  # the matrix's columns are the training rows the CSV names
+    assert labels[top.train_index] == (top.triple.head, top.triple.relation, top.triple.tail)
+    assert float(matrix[0, top.train_index]) == pytest.approx(top.influence, rel=1e-5)
+
+    views = ["analogies", SupportingView(hops=1), PathsView(max_length=2, aggregate="min")]
+    records = explain_with_views(views, train_triples=train, test_triples=test, top_k=3, influence=matrix)
+    names = {"brazil": ODD_NAME, "usa": "United States of America", "uk": "United Kingdom"}
+    rows = explanation_rows(
+        records, train_labels=labels, test_labels=test_labels, test_index=[c.test_index for c in cases],
+        names=names, model_rank=[1.0, 2.5, 7.0], model_score=[0.5, -1.25, 3.0],
+    )  # fmt: skip
+    write_explanations(run / EXPLANATIONS_FILE, rows)
+
+    back = read_explanations(run / EXPLANATIONS_FILE, top=3)
+    assert len(back) == len(cases)
+    for t, case in enumerate(cases):
+        got = back[(case.test_index, *test_labels[t])]
+        assert got.model_rank == [1.0, 2.5, 7.0][t]
+        for view in ("analogies", "supporting", "paths"):
+            for kind in ("proponent", "opponent"):
+                mine = [e for e in records if (e.test_index, e.view, e.kind) == (t, view, kind)]
+                assert [(e.rank, tuple(s.train_index for s in e.steps)) for e in got.of(view, kind)] == [
+                    (e.rank, e.train_rows) for e in mine
+                ]
+                assert [e.score for e in got.of(view, kind)] == pytest.approx([e.score for e in mine])
+
+    index = build_report(run, top=3)
+    first = records[0].test_index
+    page = (index.parent / cases[first].page).read_text()
+    for view in ("analogies", "supporting", "paths"):
+        assert f'id="view-{view}"' in page
+    assert "rank 1 among all tails" in page and "score 0.5" in page
+    paths = [e for e in records if (e.test_index, e.view, e.kind) == (first, "paths", "proponent")]
+    assert paths, "the first test triple has a path of at most two edges"
+    for evidence in paths:  # every node of every path is named on the page
+        for node in evidence.entities:
+            assert markup.escape(names.get(entity[node], entity[node])) in page
+    picture = index.parent / "img" / f"{cases[first].page.removesuffix('.html')}-paths.png"
+    assert picture.stat().st_size > 5_000
+    assert "-paths.png" in page
+
+
+def test_explanations_file_errors_name_the_line(tmp_path: Path) -> None:
+    from tracin_lightning.report.views import EXPLANATION_COLUMNS, read_explanations
+
+    path = tmp_path / "explanations.csv"
+    good = "0,a,r,b,paths,proponent,1,0.5,0,3,a,s,c,0.5"
+    path.write_text(
+        ",".join(EXPLANATION_COLUMNS) + f"\n{good}\n0,a,r,b,paths,proponent,1,0.5,2,4,c,s,b,0.5\n"
+    )
+    with pytest.raises(TracInInputError, match=r"explanations.csv:3: step 2 where step 1"):
+        read_explanations(path, top=3)
+    path.write_text(",".join(EXPLANATION_COLUMNS) + "\n0,a,r,b,paths,sideways,1,0.5,0,3,a,s,c,0.5\n")
+    with pytest.raises(TracInInputError, match=r"explanations.csv:2: kind 'sideways'"):
+        read_explanations(path, top=3)

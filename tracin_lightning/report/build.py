@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import TracInInputError
 from .read import Case, read_matrix, read_run_json, read_self, read_topk
+from .views import EXPLANATIONS_FILE, ViewCase, read_explanations
 
 __all__ = ["EXTRA_HINT", "MARKER", "ReportDependencyError", "build_report"]
 
@@ -41,9 +42,10 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
     """Write a static HTML report of a finished run and return the path of its ``index.html``.
 
     Reads ``run.json``, ``influence_topk.csv`` (influence mode) or ``self_influence.csv`` (self mode)
-    and, when present, ``influence_matrix.npy``. The report is built in a temporary sibling folder
-    and renamed into place at the end, so a failure never leaves a half-written report; an earlier
-    report at ``destination`` is replaced.
+    and, when present, ``influence_matrix.npy`` and ``explanations.csv`` (the explanation views, shown
+    side by side on each test triple's page; see :mod:`.views`). The report is built in a temporary
+    sibling folder and renamed into place at the end, so a failure never leaves a half-written report;
+    an earlier report at ``destination`` is replaced.
 
     Args:
         output_dir: a finished run's ``writer.output_dir``.
@@ -79,8 +81,11 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
         raise TracInInputError(f"{folder / 'run.json'}: 'mode' is {mode!r}, expected 'influence' or 'self'")
     cases: list[Case] = []
     matrix: np.ndarray | None = None
+    views: dict[tuple[int, str, str, str], ViewCase] = {}
     if mode == "influence":
         cases = read_topk(folder / "influence_topk.csv", top=top)
+        if (folder / EXPLANATIONS_FILE).is_file():
+            views = read_explanations(folder / EXPLANATIONS_FILE, top=top)
         if (folder / "influence_matrix.npy").is_file():
             matrix = read_matrix(folder / "influence_matrix.npy", num_test=info.get("num_test"))
             if matrix.shape[0] != len(cases):
@@ -99,7 +104,8 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
             index = html.index_influence_page(info, folder, cases, with_matrix=matrix is not None)
             for case in cases:
                 row = None if matrix is None else np.asarray(matrix[case.position], dtype=np.float64)
-                _write_case(build, case, info, row)
+                key = (case.test_index, case.triple.head, case.triple.relation, case.triple.tail)
+                _write_case(build, case, info, row, views.get(key))
         else:
             charts.draw_self_histogram(selfinf, build / "img" / "self-influence.png")
             index = html.index_self_page(info, folder, selfinf)
@@ -111,10 +117,14 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
     return target / "index.html"
 
 
-def _write_case(build: Path, case: Case, info: Mapping[str, Any], row: np.ndarray | None) -> None:
+def _write_case(
+    build: Path, case: Case, info: Mapping[str, Any], row: np.ndarray | None, views: ViewCase | None = None
+) -> None:
     """One test triple's page and its pictures (the distribution only where the matrix row has values)."""
     from . import charts, html
     from .graph import draw_graph
+    from .paths import draw_paths
+    from .views import views_section
 
     stem = case.page.removesuffix(".html")
     images = [
@@ -128,7 +138,14 @@ def _write_case(build: Path, case: Case, info: Mapping[str, Any], row: np.ndarra
             (f"img/{stem}-distribution.png", "Influence of every training triple on this test triple")
         )
         charts.draw_distribution(case, row, build / images[2][0])
-    (build / case.page).write_text(html.case_page(case, info, images), encoding="utf-8")
+    section = ""
+    if views is not None:
+        paths = views.of("paths", "proponent")
+        picture = f"img/{stem}-paths.png" if paths else None
+        if picture is not None:
+            draw_paths(paths, views.triple.head, build / picture)
+        section = views_section(views, paths_image=picture)
+    (build / case.page).write_text(html.case_page(case, info, images, section), encoding="utf-8")
 
 
 def _is_replaceable(path: Path) -> bool:

@@ -31,6 +31,9 @@ code.label { color: #666; font-size: 0.85em; } code.bare { color: #222; font-siz
 .proponent td.num { color: #2166ac; } .opponent td.num { color: #b2182b; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #555; max-width: 60em; }
+.views { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.view { flex: 1 1 330px; min-width: 300px; } .view h3 { font-size: 1em; }
+span.rel { color: #666; white-space: nowrap; }
 """
 
 
@@ -161,7 +164,7 @@ def _influence_table(entries: Sequence[Influence], kind: str) -> str:
     )
 
 
-def case_page(case: Case, info: Mapping[str, Any], images: Sequence[tuple[str, str]]) -> str:
+def case_page(case: Case, info: Mapping[str, Any], images: Sequence[tuple[str, str]], extra: str = "") -> str:
     t = case.triple
     figures = "".join(f'<p><img src="{_e(src)}" alt="{_e(alt)}"></p>\n' for src, alt in images)
     body = (
@@ -179,6 +182,7 @@ def case_page(case: Case, info: Mapping[str, Any], images: Sequence[tuple[str, s
         f"{figures}"
         f"<h2>Top proponents ({len(case.proponents)})</h2>\n{_influence_table(case.proponents, 'proponent')}"
         f"<h2>Top opponents ({len(case.opponents)})</h2>\n{_influence_table(case.opponents, 'opponent')}"
+        f"{extra}"
     )
     return page(f"TracIn: {t.head_name} {t.relation_name} {t.tail_name}", body)
 
