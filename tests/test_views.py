@@ -267,3 +267,14 @@ def test_views_on_a_trained_model(trained) -> None:
         if e.view == "analogies":
             assert int(train[e.train_rows[0], 1]) == int(test[e.test_index, 1])
             assert e.score == pytest.approx(float(full[e.test_index, e.train_rows[0]]), rel=1e-6)
+
+
+def test_tail_ranks_against_a_count_by_hand() -> None:
+    from tracin_lightning.views import tail_ranks
+
+    scores = torch.tensor([[3.0, 1.0, 2.0, 2.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    test = torch.tensor([[0, 0, 2], [1, 0, 4]])
+    ranks, own = tail_ranks(scores, test)
+    assert ranks.tolist() == [3.5, 3.0] and own.tolist() == [2.0, 0.0]  # 3 and 5 above, 2 tied: 1 + 2 + 0.5
+    known = torch.tensor([[0, 0, 4], [0, 1, 0], [0, 0, 2]])  # (0, 0, 4) filtered; another relation is not
+    assert tail_ranks(scores, test, known=known)[0].tolist() == [2.5, 3.0]

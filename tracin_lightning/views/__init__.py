@@ -26,6 +26,7 @@ from .base import Evidence, ExplanationView, Kind, predicted_edge_mask
 from .explain import ScoreFn, explain_with_view, explain_with_views
 from .facts import AllView, AnalogiesView, SupportingView
 from .paths import AGGREGATES, PathsView, TooManyPathsError, simple_paths
+from .prediction import tail_ranks
 
 __all__ = [
     "AGGREGATES",
@@ -44,6 +45,7 @@ __all__ = [
     "predicted_edge_mask",
     "resolve_view",
     "simple_paths",
+    "tail_ranks",
     "view_resolver",
 ]
 
