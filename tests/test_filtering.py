@@ -448,3 +448,49 @@ def test_cli_paths_filter_in_one_and_two_processes(saved_conve, tmp_path: Path) 
     ]
     assert ddp_info["candidates"] == info["candidates"]
     assert sum(r["triples"] for r in ddp_info["per_rank"]) == len(union)
+
+
+# ------------------------------------------------------------------- test triples left with no candidate
+
+
+def test_test_triples_without_candidates_are_listed_and_warned() -> None:
+    train = torch.tensor([[0, 0, 1], [1, 0, 2], [4, 0, 5]])
+    test = torch.tensor([[0, 0, 2], [3, 0, 3], [2, 0, 0], [6, 0, 3]])  # rows 1 and 3: nothing on a path
+    data = TriplesDataModule.from_tensors(train, test, candidates="paths", max_path_length=2)
+    with pytest.warns(
+        UserWarning, match=r"leaves 2 of the 4 test triples with no candidate.*\(3 0 3 and 1 more\)"
+    ):
+        data.prepare_candidates()
+    assert data.candidate_counts.tolist() == [2, 0, 2, 0]
+    assert data.no_candidates == [
+        {"test_index": 1, "test_head": "3", "test_relation": "0", "test_tail": "3"},
+        {"test_index": 3, "test_head": "6", "test_relation": "0", "test_tail": "3"},
+    ]
+    assert data.candidate_info()["no_candidates"] == data.no_candidates
+    unfiltered = TriplesDataModule.from_tensors(train, test[:1], candidates="paths", max_path_length=2)
+    unfiltered.prepare_candidates()
+    assert unfiltered.no_candidates == [] and unfiltered.candidate_info()["no_candidates"] == []
+
+
+def test_cli_reports_test_triples_without_candidates(saved_conve, tmp_path: Path) -> None:
+    """The real CLI: one warning line, run.json lists the triple, the CSV has rows for the others only."""
+    config = cli_config(tmp_path, saved_conve, "out", candidates="paths", max_path_length=1)
+    data = yaml.safe_load(config.read_text())
+    del data["data"]["test_indices"]  # no self-loops in Nations: (brazil, embassy, brazil) has no path of 1
+    data["data"]["test_labels"] = [["brazil", "embassy", "brazil"], ["brazil", "embassy", "usa"]]
+    config.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "tracin_lightning.cli", "predict", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = done.stderr.splitlines()
+    assert "leaves 1 of the 2 test triples with no candidate training triple (brazil embassy brazil)" in line
+    _, rows, info = read(tmp_path / "out")
+    assert info["candidates"]["no_candidates"] == [
+        {"test_index": 0, "test_head": "brazil", "test_relation": "embassy", "test_tail": "brazil"}
+    ]
+    assert info["candidates"]["per_test"][0] == 0 and info["candidates"]["per_test"][1] > 0
+    assert {r["test_index"] for r in rows} == {"1"}

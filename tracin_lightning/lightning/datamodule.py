@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from typing_extensions import override
@@ -169,7 +170,10 @@ class TriplesDataModule(L.LightningDataModule):
             d_h(b) + 1 + d_t(a)) <= L for a triple (a, r, b); the direct head-tail triples count as
             length 1, and no longer path runs across them). Only the union over test triples is
             streamed; non-candidates are NaN in the matrix and never in the top-k; candidates score
-            exactly as unfiltered. In self mode only the union's self-influence is computed.
+            exactly as unfiltered. In self mode only the union's self-influence is computed. A test
+            triple the filter leaves with no candidate at all has no rows in influence_topk.csv (its
+            matrix row is all NaN): a warning names how many, and run.json lists them (labels and
+            test_index) under ``candidates.no_candidates``.
         hops: neighbourhood radius for ``candidates: neighbourhood`` (1 or more).
         max_path_length: longest head-tail path for ``candidates: paths`` (1 or more).
         tensors: triples as tensors instead of a file source (what :meth:`from_tensors` and
@@ -184,6 +188,8 @@ class TriplesDataModule(L.LightningDataModule):
             :meth:`prepare_candidates` ran (``setup`` does); None without filtering.
         candidate_rows: ``(K,)`` sorted training rows streamed (the union of candidates), or None.
         candidate_counts: ``(T,)`` candidates per test triple, or None.
+        no_candidates: the test triples the filter leaves with no candidate, each as
+            ``{"test_index", "test_head", "test_relation", "test_tail"}`` (empty without filtering).
 
     Example:
         >>> data = TriplesDataModule(dataset="nations", num_test=2, batch_size=512)
@@ -288,6 +294,7 @@ class TriplesDataModule(L.LightningDataModule):
         self.candidate_filter: CandidateFilter | None = None
         self.candidate_rows: Tensor | None = None
         self.candidate_counts: Tensor | None = None
+        self.no_candidates: list[dict[str, Any]] = []
         self._loaded: _Loaded | None = None
 
     @classmethod
@@ -564,7 +571,33 @@ class TriplesDataModule(L.LightningDataModule):
             )
         self.candidate_filter = found
         self.candidate_rows, self.candidate_counts = rows.cpu(), counts.cpu()
+        self.no_candidates = self._without_candidates(self.candidate_counts)
+        if self.no_candidates:
+            first = self.no_candidates[0]
+            shown = f"{first['test_head']} {first['test_relation']} {first['test_tail']}"
+            more = f" and {len(self.no_candidates) - 1} more" if len(self.no_candidates) > 1 else ""
+            rank_zero_warn(
+                f"candidates: {self.candidates} ({self._radius_text()}) leaves {len(self.no_candidates)} of "
+                f"the {counts.numel()} test triples with no candidate training triple ({shown}"
+                f"{more}): they get no rows in influence_topk.csv; run.json lists them under "
+                "candidates.no_candidates",
+                category=UserWarning,
+            )
         return found
+
+    def _without_candidates(self, counts: Tensor) -> list[dict[str, Any]]:
+        positions = torch.nonzero(counts == 0).flatten().tolist()
+        triples = self.test_triples[positions]
+        labels = (
+            self.maps.labels(triples)
+            if self.maps is not None
+            else [tuple(str(i) for i in row) for row in triples.tolist()]
+        )
+        index = self.test_index.tolist()
+        return [
+            {"test_index": int(index[t]), "test_head": h, "test_relation": r, "test_tail": tl}
+            for t, (h, r, tl) in zip(positions, labels)
+        ]
 
     def _radius_text(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.candidate_options().items() if k != "candidates")
@@ -578,6 +611,7 @@ class TriplesDataModule(L.LightningDataModule):
         info["union"] = int(self.candidate_rows.numel())
         info["union_fraction"] = round(info["union"] / max(1, info["num_train"]), 6)
         info["per_test"] = [int(c) for c in self.candidate_counts.tolist()]
+        info["no_candidates"] = self.no_candidates
         return info
 
     # ------------------------------------------------------------------------------------ Lightning

@@ -46,7 +46,8 @@ class InfluenceWriter(BasePredictionWriter):
     - ``run.json``: what was computed, how, and how fast; ``candidates`` holds the filter options,
       the candidates per test triple and the size of their union (the rows streamed).
 
-    With filtering, a test triple with fewer than ``top_k`` candidates gets fewer CSV rows.
+    With filtering, a test triple with fewer than ``top_k`` candidates gets fewer CSV rows, and one
+    with no candidate none (``run.json`` lists those under ``candidates.no_candidates``).
 
     Long runs survive interruption: every ``flush_every`` batches each rank makes its partial files
     durable and records what it has done in ``output_dir/.partial/state.rank*.pt``. Rerunning the
