@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,38 @@ def test_evaluate_cli(saved_conve, tmp_path: Path, candidates: str) -> None:
         kept = int(np.isfinite(matrix[0]).sum())
         assert metrics["expected_filtered_out"] == 1 and metrics["mrr"] == 1.0
         assert metrics["map"] == pytest.approx((1 + 2 / matrix.shape[1]) / 2) and kept < matrix.shape[1]
-    expected.write_text("\t".join([*test, "brazil", "embassy", "atlantis"]) + "\n")
-    with pytest.raises(TracInInputError, match=rf"{expected}:1: .*atlantis.* is not a training triple"):
+    # an expected edge that is not a training triple (held out) is counted, not refused; the test
+    # triple with no expected edge is listed (the real CLI, in a subprocess)
+    held_out = ["brazil", "embassy", "atlantis"]
+    expected.write_text("\n".join("\t".join([*test, *e]) for e in (edge, held_out)) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "tracin_lightning.cli", "evaluate", str(output), "--expected", str(expected)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (note,) = done.stderr.splitlines()
+    assert note.startswith("note: 1 expected edge(s) are not training triples") and "1 of the 2 test" in note
+    metrics = json.loads((output / "explanation_metrics.json").read_text())
+    assert metrics["hits@1"] == metrics["mrr"] == 1.0 and metrics["num_test"] == 1
+    assert metrics["expected_not_training"] == 1 and metrics["num_test_without_expected"] == 1
+    assert metrics["expected_not_training_edges"] == [{"line": 2, "test": list(test), "edge": held_out}]
+    second = list(data.maps.labels(data.test_triples[1:2])[0])
+    assert metrics["test_without_expected"] == [{"test_index": 1, "test": second}]
+    assert json.loads(done.stdout)["expected_not_training"] == 1
+    # nothing left to rank is still an input error: one line, status 2
+    expected.write_text("\t".join([*test, *held_out]) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "tracin_lightning.cli", "evaluate", str(output), "--expected", str(expected)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: no expected explanation edge is a training triple: nothing to rank"
+    ]
+    with pytest.raises(TracInInputError, match=rf"{expected}:1: test triple .* was not explained"):
+        expected.write_text("\t".join(["usa", "embassy", "usa", *edge]) + "\n")
         main(["evaluate", str(output), "--expected", str(expected)])

@@ -168,17 +168,37 @@ def evaluate(args: list[str]) -> None:
             raise TracInInputError(
                 f"{needed} not found: evaluate needs a finished run with writer.save_matrix: true"
             )
-    maps, train, test = _run_triples(yaml.safe_load(config_path.read_text())["data"], config_path)
+    maps, train, test, test_index = _run_triples(yaml.safe_load(config_path.read_text())["data"], config_path)
+    test_labels = maps.labels(test)
     expected = read_expected_explanations(
-        options.expected, test_labels=maps.labels(test), train_labels=maps.labels(train)
+        options.expected, test_labels=test_labels, train_labels=maps.labels(train)
     )
-    metrics = explanation_metrics(torch.from_numpy(np.load(matrix_path)), expected, ks=options.ks)
-    write_json(folder / "explanation_metrics.json", {"expected": str(options.expected), **metrics})
+    metrics = explanation_metrics(torch.from_numpy(np.load(matrix_path)), expected.edges, ks=options.ks)
+    metrics["expected_not_training"] = len(expected.not_training)
+    metrics["num_test_without_expected"] = len(expected.without_expected)
+    details = {
+        "expected_not_training_edges": [
+            {"line": line, "test": list(triple), "edge": list(edge)}
+            for line, triple, edge in expected.not_training
+        ],
+        "test_without_expected": [
+            {"test_index": int(test_index[t]), "test": list(test_labels[t])}
+            for t in expected.without_expected
+        ],
+    }
+    write_json(folder / "explanation_metrics.json", {"expected": str(options.expected), **metrics, **details})
+    if expected.not_training or expected.without_expected:
+        print(
+            f"note: {len(expected.not_training)} expected edge(s) are not training triples and cannot be "
+            f"ranked; {len(expected.without_expected)} of the {len(test_labels)} test triples have no "
+            "expected training edge and are left out of the means (both listed in explanation_metrics.json)",
+            file=sys.stderr,
+        )
     print(json.dumps(metrics))
 
 
-def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any]:
-    """Label maps, training ids and selected test ids of a finished run, from its ``data`` config.
+def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any, Any]:
+    """Label maps, training ids, selected test ids and their rows of a finished run, from its ``data``.
 
     Files (``train_path`` + maps) are read with the ``inputs`` readers alone. Named datasets and
     ``save_to_directory`` folders need PyKEEN to read, so those go through the datamodule.
@@ -192,7 +212,7 @@ def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any
         datamodule = TriplesDataModule(**data)
         if datamodule.maps is None:
             raise TracInInputError(f"{config_path}: the run has no label maps")
-        return datamodule.maps, datamodule.train_triples, datamodule.test_triples
+        return datamodule.maps, datamodule.train_triples, datamodule.test_triples, datamodule.test_index
     if data.get("entity_to_id") is None or data.get("relation_to_id") is None:
         raise TracInInputError(
             f"{config_path}: data.train_path needs data.entity_to_id and data.relation_to_id"
@@ -206,11 +226,8 @@ def _run_triples(data: dict[str, Any], config_path: Path) -> tuple[Any, Any, Any
         default=None,
         train_source=str(data["train_path"]),
     )
-    return (
-        maps,
-        train,
-        test[select_rows(test.shape[0], data.get("test_indices"), data.get("num_test"), source)],
-    )
+    rows = select_rows(test.shape[0], data.get("test_indices"), data.get("num_test"), source)
+    return maps, train, test[rows], rows
 
 
 def report(args: list[str]) -> None:

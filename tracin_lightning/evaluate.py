@@ -2,12 +2,17 @@
 
 Given expected explanation edges per test triple, each test triple's training triples are ranked by
 influence and scored with torchmetrics' retrieval metrics: hits@k, reciprocal rank, average
-precision (means over test triples with at least one expected edge).
+precision (means over test triples with at least one expected edge that is a training triple).
+
+An expected edge that is not a training triple (a held-out edge on a mechanism path is normal) cannot
+be ranked among training triples: it is counted and listed, not refused. Test triples of the run with
+no expected training edge are listed too, so none drops out of the means unseen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,35 +26,66 @@ from torchmetrics.functional.retrieval import (
 from .errors import TracInInputError
 from .inputs.tsv import read_tsv_rows
 
-__all__ = ["explanation_metrics", "read_expected_explanations"]
+__all__ = ["ExpectedExplanations", "explanation_metrics", "read_expected_explanations"]
+
+Triple = tuple[str, str, str]
+
+
+@dataclass
+class ExpectedExplanations:
+    """Expected explanation edges read from a file, as training rows, and what could not be ranked.
+
+    Attributes:
+        edges: test position -> training rows of its expected edges.
+        not_training: ``(line, test triple, edge)`` of each expected edge that is not a training triple.
+        without_expected: positions of the run's test triples with no expected training edge.
+    """
+
+    edges: dict[int, set[int]]
+    not_training: list[tuple[int, Triple, Triple]] = field(default_factory=list)
+    without_expected: list[int] = field(default_factory=list)
 
 
 def read_expected_explanations(
     path: str | Path,
     *,
-    test_labels: Sequence[tuple[str, str, str]],
-    train_labels: Sequence[tuple[str, str, str]],
-) -> dict[int, set[int]]:
+    test_labels: Sequence[Triple],
+    train_labels: Sequence[Triple],
+) -> ExpectedExplanations:
     """Read ``test_h<TAB>test_r<TAB>test_t<TAB>train_h<TAB>train_r<TAB>train_t`` lines.
 
     Returns:
-        Test position -> training row indices of its expected explanation edges.
+        The expected edges as training rows per test position; edges that are not training triples
+        and test triples with no expected training edge are listed, not refused.
 
     Raises:
-        TracInInputError: naming ``path:line`` for a wrong column count, a test triple that was not
-            explained in the run, or an edge that is not a training triple.
+        TracInInputError: naming ``path:line`` for a wrong column count or a test triple that was not
+            explained in the run.
+
+    Example:
+        >>> import tempfile
+        >>> lines = "a\tr\tb\ta\ts\tc\na\tr\tb\tc\ts\tb\n"  # the second edge is held out
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as handle:
+        ...     _ = handle.write(lines)
+        >>> found = read_expected_explanations(
+        ...     handle.name, test_labels=[("a", "r", "b"), ("c", "r", "b")], train_labels=[("a", "s", "c")]
+        ... )
+        >>> found.edges, [edge for _, _, edge in found.not_training], found.without_expected
+        ({0: {0}}, [('c', 's', 'b')], [1])
     """
     test_position = {triple: i for i, triple in enumerate(test_labels)}
     train_row = {triple: i for i, triple in enumerate(train_labels)}
-    out: dict[int, set[int]] = {}
+    found = ExpectedExplanations(edges={})
     for number, parts in read_tsv_rows(path, columns=6):
         test, edge = (parts[0], parts[1], parts[2]), (parts[3], parts[4], parts[5])
         if test not in test_position:
             raise TracInInputError(f"{path}:{number}: test triple {test} was not explained in this run")
         if edge not in train_row:
-            raise TracInInputError(f"{path}:{number}: {edge} is not a training triple")
-        out.setdefault(test_position[test], set()).add(train_row[edge])
-    return out
+            found.not_training.append((number, test, edge))
+            continue
+        found.edges.setdefault(test_position[test], set()).add(train_row[edge])
+    found.without_expected = [i for i in range(len(test_labels)) if i not in found.edges]
+    return found
 
 
 def explanation_metrics(
@@ -69,7 +105,7 @@ def explanation_metrics(
         {'hits@1': 0.5, 'mrr': 0.75, 'map': 0.75, 'num_test': 2, 'expected_filtered_out': 0}
     """
     if not expected:
-        raise TracInInputError("no expected explanation edges")
+        raise TracInInputError("no expected explanation edge is a training triple: nothing to rank")
     rows = sorted(expected)
     result: dict[str, float] = {}
     per: dict[str, list[Tensor]] = {name: [] for name in [*(f"hits@{k}" for k in ks), "mrr", "map"]}
