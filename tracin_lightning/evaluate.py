@@ -64,7 +64,7 @@ def read_expected_explanations(
 
     Example:
         >>> import tempfile
-        >>> lines = "a\tr\tb\ta\ts\tc\na\tr\tb\tc\ts\tb\n"  # the second edge is held out
+        >>> lines = "a\\tr\\tb\\ta\\ts\\tc\\na\\tr\\tb\\tc\\ts\\tb\\n"  # the second edge is held out
         >>> with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as handle:
         ...     _ = handle.write(lines)
         >>> found = read_expected_explanations(
