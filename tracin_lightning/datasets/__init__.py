@@ -11,10 +11,22 @@ splits, gzipped, as the ConvE authors distribute them (FB15k-237 with LF line en
   knowledge graph embeddings" (AAAI 2018); a subset of WN18 (Bordes et al., NeurIPS 2013), from WordNet
   (WordNet licence).
 
-Unlike PyKEEN's own ``FB15k237`` / ``WN18RR`` (which download, and index only the training split's
-entities), the entity and relation maps here cover all three splits, as the ConvE authors' code does:
-14,541 entities for FB15k-237 and 40,943 for WN18RR (a few test entities never occur in training; their
-embeddings stay at their initial values). Labels are sorted, as PyKEEN's own maps are.
+Two indexings of the same files, under different names:
+
+* ``fb15k237`` / ``wn18rr`` (:class:`FB15k237Offline`, :class:`WN18RROffline`): PyKEEN's own. PyKEEN's
+  ``FB15k237`` and ``WN18RR`` download these splits and read them with
+  :class:`~pykeen.datasets.base.PathDataset`, whose maps are the sorted labels of the *training* file
+  alone; the validation and test factories reuse them and drop triples with an entity or relation
+  never seen in training. These classes run that same code on the bundled files, offline, so a model
+  trained with ``pipeline(dataset="FB15k237")`` or ``"WN18RR"`` has exactly these ids: 14,505 entities
+  and 237 relations for FB15k-237 (20,438 of the 20,466 test triples kept), 40,559 entities and 11
+  relations for WN18RR (2,924 of 3,134 test triples).
+* ``fb15k237-all-splits`` / ``wn18rr-all-splits`` (:class:`FB15k237Local`, :class:`WN18RRLocal`): maps
+  over all three splits, as the ConvE authors' code builds them: 14,541 and 40,943 entities, no test or
+  validation triple dropped (the few entities seen only outside training keep their initial
+  embeddings). Models trained on these do not load against the PyKEEN-indexed names, and vice versa.
+
+Labels are sorted in both, as PyKEEN's own maps are.
 """
 
 from __future__ import annotations
@@ -31,8 +43,11 @@ __all__ = [
     "DATASETS",
     "DATA_DIR",
     "FB15k237Local",
+    "FB15k237Offline",
     "LocalDataset",
+    "OfflineDataset",
     "WN18RRLocal",
+    "WN18RROffline",
     "get_dataset",
     "is_local_dataset",
 ]
@@ -41,11 +56,61 @@ __all__ = [
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
+class OfflineDataset(PathDataset):
+    """PyKEEN's :class:`~pykeen.datasets.base.PathDataset` over a bundled ``{train,valid,test}.txt.gz``.
+
+    Nothing is overridden: the maps come from the training file (sorted labels), and validation and
+    test triples are mapped with them, as PyKEEN's downloading ``FB15k237`` / ``WN18RR`` do.
+
+    Args:
+        create_inverse_triples: add inverse triples to the training factory (PyKEEN's option).
+        eager: load the files now rather than on first access.
+    """
+
+    #: Folder under :data:`DATA_DIR`; set by subclasses.
+    folder: ClassVar[str]
+
+    def __init__(self, *, create_inverse_triples: bool = False, eager: bool = False) -> None:
+        directory = DATA_DIR / self.folder
+        super().__init__(
+            training_path=directory / "train.txt.gz",
+            testing_path=directory / "test.txt.gz",
+            validation_path=directory / "valid.txt.gz",
+            create_inverse_triples=create_inverse_triples,
+            eager=eager,
+        )
+
+
+class FB15k237Offline(OfflineDataset):
+    """FB15k-237 indexed as PyKEEN's ``FB15k237``: 14,505 entities, 237 relations (training file's).
+
+    Example:
+        >>> dataset = FB15k237Offline()
+        >>> dataset.training.num_entities, dataset.training.num_relations, dataset.testing.num_triples
+        (14505, 237, 20438)
+    """
+
+    folder = "fb15k237"
+
+
+class WN18RROffline(OfflineDataset):
+    """WN18RR indexed as PyKEEN's ``WN18RR``: 40,559 entities, 11 relations (training file's).
+
+    Example:
+        >>> dataset = WN18RROffline()
+        >>> dataset.training.num_entities, dataset.testing.num_triples
+        (40559, 2924)
+    """
+
+    folder = "wn18rr"
+
+
 class LocalDataset(PathDataset):
     """A :class:`~pykeen.datasets.base.PathDataset` over a folder of ``{train,valid,test}.txt.gz``.
 
     The entity and relation maps are built from all three splits (sorted labels), so that no test or
-    validation triple is dropped and the counts match the published ones.
+    validation triple is dropped and the counts match the published ones (names ending in
+    ``-all-splits``; :class:`OfflineDataset` has PyKEEN's indexing).
 
     Args:
         create_inverse_triples: add inverse triples to the training factory (PyKEEN's option).
@@ -92,7 +157,9 @@ class LocalDataset(PathDataset):
 
 
 class FB15k237Local(LocalDataset):
-    """FB15k-237 (Toutanova and Chen, CVSC 2015): 14,541 entities, 237 relations, 272,115 / 17,535 / 20,466.
+    """FB15k-237 (Toutanova and Chen, CVSC 2015), all-splits maps: 14,541 entities, 237 relations.
+
+    272,115 / 17,535 / 20,466 triples.
 
     Example:
         >>> dataset = FB15k237Local()
@@ -104,7 +171,9 @@ class FB15k237Local(LocalDataset):
 
 
 class WN18RRLocal(LocalDataset):
-    """WN18RR (Dettmers et al., AAAI 2018): 40,943 entities, 11 relations, 86,835 / 3,034 / 3,134 triples.
+    """WN18RR (Dettmers et al., AAAI 2018), all-splits maps: 40,943 entities, 11 relations.
+
+    86,835 / 3,034 / 3,134 triples.
 
     Example:
         >>> WN18RRLocal().testing.num_triples
@@ -115,7 +184,12 @@ class WN18RRLocal(LocalDataset):
 
 
 #: Normalised name -> class. Names are matched case-insensitively, ignoring ``-`` and ``_``.
-DATASETS: dict[str, type[LocalDataset]] = {"fb15k237": FB15k237Local, "wn18rr": WN18RRLocal}
+DATASETS: dict[str, type[PathDataset]] = {
+    "fb15k237": FB15k237Offline,
+    "wn18rr": WN18RROffline,
+    "fb15k237allsplits": FB15k237Local,
+    "wn18rrallsplits": WN18RRLocal,
+}
 
 
 def _normalise(name: str) -> str:
@@ -123,12 +197,15 @@ def _normalise(name: str) -> str:
 
 
 def is_local_dataset(name: str) -> bool:
-    """Whether ``name`` (e.g. ``"FB15k-237"``, ``"wn18rr"``) is one of the shipped datasets."""
+    """Whether ``name`` (e.g. ``"FB15k-237"``, ``"wn18rr"``, ``"wn18rr-all-splits"``) is a shipped dataset."""
     return _normalise(name) in DATASETS
 
 
-def get_dataset(name: str, **kwargs: Any) -> LocalDataset:
+def get_dataset(name: str, **kwargs: Any) -> PathDataset:
     """The shipped dataset called ``name`` (``fb15k237``, ``fb15k-237``, ``wn18rr``; any case).
+
+    ``fb15k237`` and ``wn18rr`` have PyKEEN's ids (:class:`OfflineDataset`); ``fb15k237-all-splits`` and
+    ``wn18rr-all-splits`` the all-splits maps (:class:`LocalDataset`).
 
     Args:
         name: the dataset's name.
