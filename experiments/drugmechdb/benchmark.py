@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -77,6 +78,8 @@ class Settings:
     seed: int
     models: tuple[ModelSettings, ...]
     losses: tuple[str, ...]
+    variants: tuple[str, ...]  # scoring variants of tracin_lightning.engine.variants, for variant_losses
+    variant_losses: tuple[str, ...]
     path_lengths: tuple[int, ...]  # directed drug -> disease paths
     view_path_lengths: tuple[int, ...]  # the paths view's undirected paths
     random_draws: int
@@ -110,6 +113,8 @@ FULL = Settings(
         ),
     ),
     losses=("bce", "ce"),
+    variants=("cosine", "relatif", "head-local"),
+    variant_losses=("bce", "ce"),
     path_lengths=(3, 4, 5, 6),
     view_path_lengths=(3, 4),
     random_draws=20,
@@ -127,6 +132,8 @@ SMOKE = Settings(
         ),
     ),
     losses=("bce", "ce"),
+    variants=("cosine", "relatif", "head-local"),
+    variant_losses=("bce",),
     path_lengths=(3, 4),
     view_path_lengths=(3,),
     random_draws=3,
@@ -309,20 +316,48 @@ def quality(ranks: Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------- TracIn
 
 
-def influence(model: nn.Module, data: Data, directory: Path, loss: str) -> tuple[Tensor, float]:
-    """TracIn of every training edge on every held-out triple, ``(V + T, N)``, cached per loss."""
-    path = directory / f"influence_{loss}.pt"
+def influence(
+    model: nn.Module, data: Data, directory: Path, loss: str, variant: str | None = None
+) -> tuple[Tensor, float]:
+    """TracIn (or a scoring ``variant`` of it) of every training edge on every held-out triple,
+    ``(V + T, N)``, cached per loss and variant."""
+    path = directory / f"influence_{loss}{'' if variant is None else '_' + variant}.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
         return cached["matrix"], float(cached["seconds"])
     started = time.perf_counter()
     manifest = str(directory / "tracin" / "manifest.json")
-    matrix = tracin_lightning.compute_influence(
-        model, data.train, data.heldout, checkpoints=manifest, loss=loss
-    )
+    if variant is None:
+        matrix = tracin_lightning.compute_influence(
+            model, data.train, data.heldout, checkpoints=manifest, loss=loss
+        )
+    elif "variant" in inspect.signature(tracin_lightning.compute_influence).parameters:
+        matrix = tracin_lightning.compute_influence(  # type: ignore[call-arg]
+            model, data.train, data.heldout, checkpoints=manifest, loss=loss, variant=variant
+        )
+    else:
+        matrix = _engine_variant(model, data, manifest, loss, variant)
     seconds = time.perf_counter() - started
     _atomic_save({"matrix": matrix, "seconds": seconds}, path)
     return matrix, seconds
+
+
+def _engine_variant(model: nn.Module, data: Data, manifest: str, loss: str, variant: str) -> Tensor:
+    """A scoring variant through the engine (``variant=`` of its test-gradient and batch functions), for
+    a package whose ``compute_influence`` does not take ``variant`` yet."""
+    from tracin_lightning.engine.influence import batch_influence, test_gradients
+    from tracin_lightning.functional import default_batch_size, prepare
+
+    run = prepare(model, checkpoints=manifest, loss=loss)
+    out = torch.zeros(data.heldout.shape[0], data.train.shape[0])
+    size = default_batch_size(run.loss)
+    with run.computing():
+        cached = test_gradients(run.gradients, run.states, data.heldout, variant=variant)
+        for start in range(0, data.train.shape[0], size):
+            triples = data.train[start : start + size]
+            scores = batch_influence(run.gradients, run.states, cached, triples, variant=variant)
+            out[:, start : start + size] = scores.float().cpu()
+    return out
 
 
 # ------------------------------------------------------------------------------------------- rankings
@@ -607,6 +642,10 @@ def run(
         matrices, seconds = {}, {}
         for loss in settings.losses:
             matrices[loss], seconds[loss] = influence(model, data, directory, loss)
+        for loss in settings.variant_losses:
+            for variant in settings.variants if _has_variants() else ():
+                key = f"{loss}-{variant}"
+                matrices[key], seconds[key] = influence(model, data, directory, loss, variant)
         if until == "influence":
             continue
         results = evaluate(rankings, matrices, settings)
@@ -626,6 +665,14 @@ def run(
     record["load_average"] = list(os.getloadavg())
     _atomic_write(output, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
+
+
+def _has_variants() -> bool:
+    try:
+        import tracin_lightning.engine.variants  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _atomic_write(path: Path, text: str) -> None:
