@@ -21,6 +21,7 @@ PyKEEN is never imported here: a model can only be PyKEEN's if PyKEEN is already
 from __future__ import annotations
 
 import copyreg
+import math
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -71,7 +72,15 @@ class PyKEENAdapter(GenericAdapter):
 
 
 def _dot(x: Tensor, t: Tensor) -> Tensor:
-    # (x * t).sum(-1) with broadcasting, as one matrix product when t holds every entity
+    """``(x * t).sum(-1)`` with broadcasting, as one matrix product when ``t`` holds every entity.
+
+    1-N scoring gives ``x`` of shape ``(*b, 1, d)`` and ``t`` of shape ``(1, ..., 1, n, d)``: then the
+    scores are ``x @ t^T``, written as ``matmul`` of a 2-d table so that under ``vmap`` (the engine)
+    the batch folds into the rows of one matrix product instead of one matrix-vector product per
+    sample. Any other shapes go through ``einsum``.
+    """
+    if x.dim() >= t.dim() >= 2 and x.shape[-2] == 1 and math.prod(t.shape[:-2]) == 1:
+        return torch.matmul(x.squeeze(-2), t.reshape(t.shape[-2], t.shape[-1]).transpose(0, 1))
     return torch.einsum("...d,...d->...", x, t)
 
 
