@@ -33,7 +33,7 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,18 +445,40 @@ def randomly(paths: list[tuple[int, ...]], rng: np.random.Generator) -> list[tup
     return [paths[j] for j in rng.permutation(len(paths))]
 
 
-AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
-    "mean": lambda x: float(x.mean()),
-    "min": lambda x: float(x.min()),
-    "sum": lambda x: float(x.sum()),
-}
+AGGREGATES = ("mean", "min", "sum")
 
 
-def by_influence(paths: list[tuple[int, ...]], scores: np.ndarray, aggregate: str) -> list[tuple[int, ...]]:
-    """Paths by descending aggregated edge influence (ties: shorter, then enumeration order)."""
-    function = AGGREGATES[aggregate]
-    keyed = [(-function(scores[list(p)]), len(p), j) for j, p in enumerate(paths)]
-    return [paths[j] for _, _, j in sorted(keyed)]
+def by_influence(
+    paths: list[tuple[int, ...]], scores: np.ndarray, aggregate: str, *, ties: str = "length"
+) -> list[tuple[int, ...]]:
+    """Paths by descending ``mean``, ``min`` or ``sum`` of their edges' influence ``scores`` (float64).
+
+    Ties: ``length`` (shorter first, then enumeration order) or ``rows`` (the paths' training rows
+    compared as tuples, the paths view's rule). The view sums float32 scores in Python floats; on the
+    same float32 values cast to float64 this sums in the same order (paths are shorter than numpy's
+    pairwise blocks), so ``ties="rows"`` reproduces the view's order exactly (tested).
+    """
+    if not paths:
+        return []
+    longest = max(map(len, paths))
+    rows = np.full((len(paths), longest), -1, dtype=np.int64)
+    for j, path in enumerate(paths):
+        rows[j, : len(path)] = path
+    present = rows >= 0
+    values = np.where(present, scores[np.maximum(rows, 0)], 0.0)
+    lengths = present.sum(1)
+    if aggregate == "min":
+        score = np.where(present, values, np.inf).min(1)
+    else:
+        total = np.zeros(len(paths))
+        for column in range(longest):  # left to right, as Python's sum
+            total = total + values[:, column]
+        score = total / lengths if aggregate == "mean" else total
+    if ties == "rows":
+        keys = [rows[:, c] for c in reversed(range(longest))] + [-score]
+    else:
+        keys = [np.arange(len(paths)), lengths, -score]
+    return [paths[j] for j in np.lexsort(keys)]
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -491,7 +513,7 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def view_rankings(
-    data: Data, matrix: Tensor, settings: Settings
+    data: Data, matrix: Tensor, settings: Settings, undirected: dict[int, list[list[tuple[int, ...]]]]
 ) -> dict[str, tuple[list[list[int]], list[list[tuple[int, ...]]] | None]]:
     """Rankings from the package's explanation views (``tracin_lightning.views``) on one influence matrix:
     ``{name: (edge rankings per held-out triple, path rankings or None)}``; empty without the views."""
@@ -508,13 +530,13 @@ def view_rankings(
         mask = view.candidates(data.train, data.heldout, num_entities=entities)
         out[name] = ([order[i][mask[i][order[i]]].tolist() for i in range(len(order))], None)
     for length in settings.view_path_lengths:
+        enumerated = undirected[length]
         for aggregate in AGGREGATES:
-            view = resolve_view("paths", max_length=length, aggregate=aggregate, max_paths=10**6)
-            mask = view.candidates(data.train, data.heldout, num_entities=entities)
-            paths: list[list[tuple[int, ...]]] = [[] for _ in range(len(order))]
-            for evidence in view.rank(matrix, mask, train=data.train, test=data.heldout, top_k=10**6):
-                if evidence.kind == "proponent":
-                    paths[evidence.test_index].append(evidence.train_rows)
+            # the paths view's enumeration and order (by_influence's ties="rows" is the view's sort)
+            paths = [
+                by_influence(enumerated[i], matrix[i].float().double().numpy(), aggregate, ties="rows")
+                for i in range(len(order))
+            ]
             out[f"paths_{aggregate}_L{length}"] = ([edges_of(p) for p in paths], paths)
     return out
 
@@ -579,7 +601,7 @@ def evaluate(
                 for aggregate in AGGREGATES:
                     ranked = by_influence(rankings.paths(i, length), array, aggregate)
                     add(f"tracin_{loss}_directed_paths_{aggregate}_L{length}", i, edges_of(ranked), ranked)
-        for name, (edge_lists, path_lists) in view_rankings(data, matrix, settings).items():
+        for name, (edge_lists, path_lists) in view_rankings(data, matrix, settings, undirected).items():
             for i in range(count):
                 add(f"view_{loss}_{name}", i, edge_lists[i], None if path_lists is None else path_lists[i])
     results: dict[str, dict[str, dict[str, float]]] = {}

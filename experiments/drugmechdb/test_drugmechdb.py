@@ -106,3 +106,42 @@ def test_smoke_run_writes_results_and_resumes_from_its_cache(tmp_path: Path) -> 
     assert again["models"] == record["models"] | {
         name: {**model, "train_seconds": 0.0} for name, model in record["models"].items()
     }
+
+
+def test_view_rankings_equal_the_package_views() -> None:
+    # the benchmark ranks the views' candidates and paths itself (fast); it must give the views' order
+    import torch
+
+    from tracin_lightning.views import resolve_view
+
+    data = benchmark.load_data(benchmark.SMOKE)
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(data.heldout.shape[0], data.train.shape[0], generator=generator)
+    matrix[:, ::7] = matrix[:, :1]  # ties
+    settings = benchmark.SMOKE
+    undirected = {n: benchmark.undirected_paths(data, n) for n in settings.view_path_lengths}
+    ours = benchmark.view_rankings(data, matrix, settings, undirected)
+    entities = data.factory.num_entities
+    compared = 0
+    for name, view in (
+        ("analogies", resolve_view("analogies")),
+        ("supporting_hops1", resolve_view("supporting")),
+        *(
+            (f"paths_{a}_L{n}", resolve_view("paths", max_length=n, aggregate=a))
+            for n in settings.view_path_lengths
+            for a in benchmark.AGGREGATES
+        ),
+    ):
+        mask = view.candidates(data.train, data.heldout, num_entities=entities)
+        evidence = view.rank(matrix, mask, train=data.train, test=data.heldout, top_k=10**6)
+        theirs: list[list[tuple[int, ...]]] = [[] for _ in range(data.heldout.shape[0])]
+        for item in evidence:
+            if item.kind == "proponent":
+                theirs[item.test_index].append(item.train_rows)
+        edges, paths = ours[name]
+        if paths is None:
+            assert [[row for (row,) in ranked] for ranked in theirs] == edges
+        else:
+            assert theirs == paths
+        compared += sum(map(len, theirs))
+    assert compared > 100
