@@ -7,7 +7,8 @@ as ``cosine`` or an instance); None is plain TracInCP, computed exactly as witho
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,6 +40,8 @@ class CheckpointState:
     state: Mapping[str, Tensor]
     learning_rate: float
     exp_avg_sq: Mapping[str, Tensor] | None = None
+    #: what variants derive from this checkpoint once (e.g. Adam's dense preconditioner), by key
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 class NonFiniteGradientError(ValueError):

@@ -19,7 +19,7 @@ Inner products of two such gradients are computed exactly without materialising 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -482,12 +482,18 @@ def preconditioned_pairwise_dot(
     b: SampleGradients,
     weights: Mapping[str, Tensor],
     dense_weights: Tensor | None = None,
+    *,
+    row_weights: Callable[[str, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Exact ``<grad_a, W * grad_b>`` for a diagonal preconditioner ``W`` (elementwise), ``(Ba, Bb)``.
 
     ``W`` is given in each part's own layout: ``weights[name]`` is the table ``(n, d)`` for rows and
     whole-table reads, the weight matrix ``(d_out, d_in)`` (with the bias as one more column when the
     layer folds it in) for a linear layer; ``dense_weights`` ``(D,)`` covers the dense columns.
+
+    ``row_weights(name, ids)``, when given, returns ``W[ids]`` for the looked-up rows of a table, so a
+    large table's full preconditioner is never needed for its rows (``weights`` then needs only the
+    tables read whole and the linear layers).
 
     Rows and dense parts are scaled exactly (``W * scatter(g) = scatter(W[ids] * g)``). A rank-one
     part ``p q^T`` is not rank one after ``W``; its products are the sums
@@ -498,12 +504,16 @@ def preconditioned_pairwise_dot(
         >>> preconditioned_pairwise_dot(g, g, {}, torch.tensor([1.0, 0.5]))
         tensor([[3.]])
     """
+
+    def at(name: str, ids: Tensor) -> Tensor:
+        return row_weights(name, ids) if row_weights is not None else weights[name][ids]
+
     terms: list[Tensor] = []
-    scaled_b = {k: RowGradients(v.ids, v.grads * weights[k][v.ids].to(v.grads)) for k, v in b.rows.items()}
+    scaled_b = {k: RowGradients(v.ids, v.grads * at(k, v.ids).to(v.grads)) for k, v in b.rows.items()}
     for name, rows in a.rows.items():
         terms.append(_rows_dot(rows, scaled_b[name]))
         if name in b.tables:  # <R_a, W * p q^T> = <W * R_a, p q^T>
-            scaled_a = RowGradients(rows.ids, rows.grads * weights[name][rows.ids].to(rows.grads))
+            scaled_a = RowGradients(rows.ids, rows.grads * at(name, rows.ids).to(rows.grads))
             terms.append(_rows_table_dot(scaled_a, b.tables[name]))
     for name, table in a.tables.items():
         tb = b.tables[name]

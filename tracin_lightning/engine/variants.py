@@ -295,8 +295,6 @@ class AdamVariant(InfluenceVariant):
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.eps = eps
-        # id(exp_avg_sq mapping) -> (the mapping, kept alive so the id stays its own; preconditioners)
-        self._cache: dict[int, tuple[object, dict[str, Tensor]]] = {}
 
     def check(self, checkpoints: Sequence[CheckpointState]) -> None:
         """Every checkpoint needs ``exp_avg_sq``."""
@@ -307,38 +305,60 @@ class AdamVariant(InfluenceVariant):
                 f"checkpoints {missing} have none"
             )
 
-    def _preconditioner(self, context: VariantContext) -> dict[str, Tensor]:
-        moments = context.checkpoint.exp_avg_sq
-        if moments is None:
-            raise ValueError(f"checkpoint {context.index} has no exp_avg_sq for the adam variant")
-        key = id(moments)
-        if key not in self._cache:
-            state = context.checkpoint.state
-            needed = [*context.plan.rows.values(), *context.plan.tables.values(), *context.plan.dense]
-            needed += [n for pair in context.plan.linear.values() for n in pair if n is not None]
+    def _moments(self, context: VariantContext) -> dict[str, Tensor]:
+        """``v`` of every selected parameter on the weights' device, checked once per checkpoint."""
+        key = "adam.moments"
+        derived = context.checkpoint.derived
+        if key not in derived:
+            moments = context.checkpoint.exp_avg_sq
+            if moments is None:
+                raise ValueError(f"checkpoint {context.index} has no exp_avg_sq for the adam variant")
+            state, plan = context.checkpoint.state, context.plan
+            needed = [*plan.rows.values(), *plan.tables.values(), *plan.dense]
+            needed += [n for pair in plan.linear.values() for n in pair if n is not None]
             absent = [n for n in dict.fromkeys(needed) if n not in moments]
             if absent:
                 raise ValueError(f"checkpoint {context.index}'s exp_avg_sq lacks parameters {absent}")
-            weights = {}
+            out = {}
             for name in dict.fromkeys(needed):
                 v = moments[name].to(state[name].device, torch.float32)
                 if v.shape != state[name].shape:
-                    raise ValueError(
-                        f"exp_avg_sq[{name!r}] has shape {tuple(v.shape)}, not {tuple(state[name].shape)}"
-                    )
-                weights[name] = 1.0 / (v.sqrt() + self.eps)
-            self._cache[key] = (moments, weights)
-        return self._cache[key][1]
+                    shapes = f"{tuple(v.shape)}, not {tuple(state[name].shape)}"
+                    raise ValueError(f"checkpoint {context.index}'s exp_avg_sq[{name!r}] has shape {shapes}")
+                out[name] = v
+            derived[key] = out
+        return derived[key]
+
+    def _weights(self, context: VariantContext) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The full preconditioner of the whole-table reads and linear layers, and of the dense part.
+
+        Cached on the checkpoint (per ``eps``); tables looked up by rows only never get a full copy.
+        """
+        key = f"adam.weights.{self.eps!r}"
+        derived = context.checkpoint.derived
+        if key not in derived:
+            v, plan = self._moments(context), context.plan
+
+            def p(name: str) -> Tensor:
+                return 1.0 / (v[name].sqrt() + self.eps)
+
+            weights = {w: p(w) for w in plan.tables.values()}
+            for weight, bias in plan.linear.values():
+                matrix = p(weight).reshape(v[weight].shape[0], -1)
+                weights[weight] = matrix if bias is None else torch.cat([matrix, p(bias).reshape(-1, 1)], 1)
+            dense = torch.cat([p(n).reshape(-1) for n in plan.dense]) if plan.dense else None
+            derived[key] = (weights, dense)
+        return derived[key]
 
     def dot(self, test: SampleGradients, train: SampleGradients, *, context: VariantContext) -> Tensor:
         """``<g(z'), P g(z)>`` with ``P = 1 / (sqrt(v) + eps)``."""
-        p = self._preconditioner(context)
-        weights = {w: p[w] for w in [*context.plan.rows.values(), *context.plan.tables.values()]}
-        for weight, bias in context.plan.linear.values():
-            matrix = p[weight].reshape(p[weight].shape[0], -1)
-            weights[weight] = matrix if bias is None else torch.cat([matrix, p[bias].reshape(-1, 1)], 1)
-        dense = torch.cat([p[n].reshape(-1) for n in context.plan.dense]) if context.plan.dense else None
-        return preconditioned_pairwise_dot(test, train, weights, dense)
+        v = self._moments(context)
+        weights, dense = self._weights(context)
+
+        def rows(name: str, ids: Tensor) -> Tensor:
+            return 1.0 / (v[name][ids].sqrt() + self.eps)
+
+        return preconditioned_pairwise_dot(test, train, weights, dense, row_weights=rows)
 
     def __repr__(self) -> str:
         return f"AdamVariant(eps={self.eps!r})"
