@@ -184,3 +184,12 @@ def test_explain_refuses_another_model(nations_index: Path, tmp_path: Path, trai
     )  # fmt: skip
     assert "is not the one the index" in one_error_line(done)
     assert not (tmp_path / "e.csv").exists()
+
+
+def test_print_config_comments_carry_the_help() -> None:
+    """``--print_config=comments`` (jsonargparse needs ruamel.yaml for it) shows every option's help."""
+    pytest.importorskip("ruamel.yaml")
+    done = cli("predict", "--model.model", "x", "--data.dataset", "nations", "--print_config=comments")
+    assert done.returncode == 0, done.stderr
+    assert "# Compute TracIn influence" in done.stdout and "fnmatch patterns" in done.stdout
+    assert "inference_mode: false" in done.stdout

@@ -89,10 +89,10 @@ def _closest_option(message: str, parser: Any) -> str:
         return ""
     keys = sorted(set(_option_keys(parser)))
     wrong = found.group(1)
-    close = difflib.get_close_matches(wrong, keys, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(wrong, keys, n=1, cutoff=0.8)  # a typo, not any word
     if not close and "." in wrong:  # compare the last part: data.numtest -> data.num_test
         tails = {key.rsplit(".", 1)[-1]: key for key in keys if key.startswith(wrong.rsplit(".", 1)[0] + ".")}
-        last = difflib.get_close_matches(wrong.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
+        last = difflib.get_close_matches(wrong.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.75)
         close = [tails[last[0]]] if last else []
     return f"; did you mean '{close[0]}'?" if close and close[0] != wrong else ""
 
