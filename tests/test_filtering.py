@@ -308,6 +308,11 @@ def assert_filtered_run(tmp_path: Path, run, whole: Path, **options) -> None:
         "union": len(union),
         "union_fraction": round(len(union) / train.shape[0], 6),
         "per_test": [len(e) for e in expected],
+        "no_candidates": [
+            {"test_index": t, "test_head": str(h), "test_relation": str(r), "test_tail": str(tl)}
+            for t, ((h, r, tl), e) in enumerate(zip(test.tolist(), expected))
+            if not e
+        ],
     }
     assert info["num_train"] == len(union) and info["per_rank"][0]["batches"] == math.ceil(len(union) / 32)
 
