@@ -137,9 +137,11 @@ class TriplesDataModule(L.LightningDataModule):
 
     Args:
         dataset: name of a PyKEEN dataset (``nations``, ``kinships`` and ``umls`` ship with PyKEEN and
-            work offline; ``fb15k237`` and ``wn18rr`` ship with this package, see
-            :mod:`tracin_lightning.datasets`). Training triples = its training split; test triples
-            default to its testing split.
+            work offline; ``fb15k237`` and ``wn18rr`` ship with this package with PyKEEN's own ids, so
+            models trained on PyKEEN's ``FB15k237`` / ``WN18RR`` fit them, and ``fb15k237-all-splits``
+            / ``wn18rr-all-splits`` with maps over all splits, see :mod:`tracin_lightning.datasets`).
+            Training triples = its training split; test triples default to its testing split (as
+            PyKEEN maps it: without triples whose entities never occur in training).
         directory: a folder written by PyKEEN's ``save_to_directory`` (or its ``training_triples/``
             subfolder); training triples and label maps come from ``training_triples/``. Needs
             ``test_path`` or ``test_labels``.
