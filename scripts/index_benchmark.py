@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tracin_lightning.index.store import parse_size
 from tracin_lightning.outputs.atomic import write_json
 
 DEFAULT_TRAIN = (
@@ -144,7 +145,7 @@ def latency(index: Any, test: torch.Tensor, k: int = 10) -> dict[str, float]:
 
 
 def section_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
 
     factory, train, test = load_fb15k(args.train)
@@ -192,7 +193,7 @@ def agreement(exact: torch.Tensor, approx: torch.Tensor) -> dict[str, float]:
 
 
 def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
 
     factory, train, test = load_fb15k(args.train)
@@ -230,6 +231,93 @@ def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["exact_row_error_vs_full_pass"] = row_error(answers["exact"], full)
     out.update({f"projected_{k}": v for k, v in agreement(answers["exact"], answers["projected"]).items()})
     return out
+
+
+def graph_like(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A random graph shaped like the user's (``--like-entities``, ``--like-train`` edges), or FB15k-237.
+
+    Returns the training factory (with inverse triples), the training triples and 100 test triples
+    (random edges between seen entities, none of them a training triple).
+    """
+    from pykeen.triples import CoreTriplesFactory, TriplesFactory
+
+    generator = torch.Generator().manual_seed(0)
+    if args.like_dataset == "fb15k237":
+        factory, train, test = load_fb15k(args.train)
+        factory = TriplesFactory(
+            train, factory.entity_to_id, factory.relation_to_id, create_inverse_triples=True
+        )
+        if args.num_train:
+            train = train[: args.num_train]
+        return factory, train, test[:100]
+    n, r, m = args.like_entities, args.like_relations, args.like_train
+    edges = torch.stack([torch.randint(0, n, (m + 200,), generator=generator),
+                         torch.randint(0, r, (m + 200,), generator=generator),
+                         torch.randint(0, n, (m + 200,), generator=generator)], 1)  # fmt: skip
+    edges = torch.unique(edges, dim=0)[torch.randperm(len(torch.unique(edges, dim=0)), generator=generator)]
+    train, test = edges[:m], edges[m : m + 100]
+    factory = CoreTriplesFactory.create(train, num_entities=n, num_relations=r, create_inverse_triples=True)
+    return factory, train, test
+
+
+def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """ConvE on the user's graph shape (or FB15k-237): budgeted index against the full exact pass."""
+    from tracin_lightning.api import compute_influence
+    from tracin_lightning.index import InfluenceIndex, build_index
+    from tracin_lightning.index.query import agreement
+
+    factory, train, test = graph_like(args)
+    model, states, rates = checkpoints(args.like_model, factory, args.dim, args.checkpoints)
+    out: dict[str, Any] = {"model": args.like_model, "dataset": args.like_dataset, "loss": args.loss,
+                           "dim": args.dim, "entities": factory.num_entities,
+                           "num_train": int(train.shape[0]),
+                           "checkpoints": args.checkpoints, "max_size": args.max_size,
+                           "load_before": os.getloadavg()}  # fmt: skip
+    kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size, loss=args.loss)
+    start = time.perf_counter()
+    full = compute_influence(model, train, test, **kw)
+    out["full_pass_100_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    compute_influence(model, train, test[:1], **kw)
+    out["full_pass_1_s"] = time.perf_counter() - start
+    folder = work / "like"
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    build_index(model, train, folder, max_bytes=args.max_size, **kw)
+    out["build_s"] = time.perf_counter() - start
+    out["size_bytes"] = du(folder)
+    index = InfluenceIndex.open(folder)
+    out["summary"] = index.summary
+    out["exact_bytes_predicted"] = index.manifest["form"]["exact_bytes"]
+    found = latency(index, test[: args.conve_queries])
+    out.update(found)
+    out.update({f"vs_full_{k}": v for k, v in agreement(full, index.influence(test)).items()
+                if not isinstance(v, list)})  # fmt: skip
+    if args.like_full_size:  # the form a build of all ``--like-full-size`` triples would choose
+        out.update(analytic_form(model, states, train, args, int(args.like_full_size)))
+    out["load_after"] = os.getloadavg()
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def analytic_form(model: Any, states: list[dict], train: torch.Tensor, args: argparse.Namespace,
+                  num_train: int) -> dict[str, Any]:  # fmt: skip
+    """Sizes of the exact and the budgeted index of ``num_train`` triples, from gradient shapes."""
+    from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+    from tracin_lightning.engine.losses import TripleLoss
+    from tracin_lightning.index.build import choose_form
+    from tracin_lightning.index.store import flatten
+
+    loss = TripleLoss(model=model, loss=args.loss, inverse=True)
+    gradients = PerSampleGradients(loss=loss, params=select_parameters(model, None))
+    with torch.enable_grad():
+        example = flatten(gradients(states[0], train[:4]))
+    state_bytes = sum(v.numel() * v.element_size() for v in states[0].values())
+    form = choose_form(example, num_train=num_train, num_checkpoints=len(states),
+                       fixed_bytes=state_bytes * (1 + len(states)) + num_train * 24,
+                       max_bytes=parse_size(args.max_size), projection_dim=None, checks=8)  # fmt: skip
+    return {"analytic_num_train": num_train, "analytic_exact_bytes": form.exact_bytes,
+            "analytic_bytes": form.bytes, "analytic_summary": form.reason}  # fmt: skip
 
 
 def synthetic_child(args: argparse.Namespace) -> None:
@@ -295,11 +383,13 @@ def table(title: str, data: dict[str, Any]) -> str:
     for key, value in data.items():
         if isinstance(value, float):
             value = f"{value:.4g}"
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, float) for v in value):
+            value = " ".join(f"{v:.2f}" for v in value)
         elif key.endswith("bytes"):
             value = f"{value / 2**30:.3f} GiB"
         lines.append(f"| {key} | {value} |")
     ratios = []
-    if "build_s" in data and "full_pass_100_s" in data:
+    if "build_s" in data and "plain_epochs_all_checkpoints_s" in data:
         ratios.append(("build / full exact pass (100 test)", data["build_s"] / data["full_pass_100_s"]))
         ratios.append(
             (
@@ -309,6 +399,11 @@ def table(title: str, data: dict[str, Any]) -> str:
         )
         ratios.append(("full pass (100 test) / plain epochs (one per checkpoint)",
                        data["full_pass_100_s"] / data["plain_epochs_all_checkpoints_s"]))  # fmt: skip
+        ratios.append(
+            ("full pass for 1 test / median single query", data["full_pass_1_s"] / data["single_median_s"])
+        )
+    if "build_s" in data and "full_pass_100_s" in data and "plain_epochs_all_checkpoints_s" not in data:
+        ratios.append(("build / full exact pass (100 test)", data["build_s"] / data["full_pass_100_s"]))
         ratios.append(
             ("full pass for 1 test / median single query", data["full_pass_1_s"] / data["single_median_s"])
         )
@@ -328,7 +423,7 @@ def table(title: str, data: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--section", choices=["rows", "conve", "memory"], action="append")
+    parser.add_argument("--section", choices=["rows", "conve", "memory", "like"], action="append")
     parser.add_argument(
         "--train", type=Path, default=DEFAULT_TRAIN if DEFAULT_TRAIN.is_file() else FALLBACK_TRAIN
     )
@@ -347,6 +442,15 @@ def main() -> None:
     parser.add_argument("--synthetic-entities", type=int, default=1_000_000)
     parser.add_argument("--synthetic-relations", type=int, default=1000)
     parser.add_argument("--synthetic-batch-size", type=int, default=8192)
+    parser.add_argument("--like-dataset", default="random", choices=["random", "fb15k237"])
+    parser.add_argument("--like-model", default="ConvE")
+    parser.add_argument("--like-entities", type=int, default=5128)
+    parser.add_argument("--like-relations", type=int, default=50)
+    parser.add_argument("--like-train", type=int, default=15000)
+    parser.add_argument("--loss", default="bce", choices=["bce", "score", "ce"])
+    parser.add_argument("--max-size", default="1GB", help="the index's size budget (like section)")
+    parser.add_argument("--like-full-size", type=int, default=None,
+                        help="also print the form a build of N triples would choose")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("index_benchmark.json"))
     parser.add_argument("--child", choices=["build", "query"], help=argparse.SUPPRESS)
@@ -363,7 +467,13 @@ def main() -> None:
         "train": str(args.train),
     }
     for section in args.section or ["rows", "conve", "memory"]:
-        found = {"rows": section_rows, "conve": section_conve, "memory": section_memory}[section](args, work)
+        sections = {
+            "rows": section_rows,
+            "conve": section_conve,
+            "memory": section_memory,
+            "like": section_like,
+        }
+        found = sections[section](args, work)
         results[section] = found
         print(table(section, found), flush=True)
     write_json(args.output, results)

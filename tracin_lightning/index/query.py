@@ -6,7 +6,9 @@ influence on a test triple is zero unless they share a looked-up row. A query co
 triple's reduced gradient at every checkpoint, reads the inverted lists of the rows it looked up,
 gathers only the matching stored row gradients and sums their dot products: exactly the engine's
 ``pairwise_dot`` on those pairs, with every other training triple exactly 0. Models with shared dense
-layers (ConvE) touch every training triple: their queries stream over the stored factors in chunks.
+layers (ConvE), and the 1-N ``ce`` loss, touch every training triple: their exact queries stream over
+the stored factors in chunks. A projected index (``sketch`` mode) streams one short sketch per
+training triple instead, and adds the exact row parts through the inverted lists when it kept them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from ..engine.gradients import PerSampleGradients, select_parameters
 from ..engine.influence import CheckpointState, test_gradients
 from ..engine.losses import TripleLoss
-from ..engine.structure import pairwise_dot
+from ..engine.structure import SampleGradients, pairwise_dot
 from ..engine.topk import TopK
 from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
@@ -36,14 +38,14 @@ from .store import (
     MANIFEST,
     VERSION,
     PartSpec,
-    Projection,
+    Sketch,
     flatten,
     part_file,
     per_checkpoint,
     unflatten,
 )
 
-__all__ = ["IndexTopK", "InfluenceIndex"]
+__all__ = ["IndexTopK", "InfluenceIndex", "agreement"]
 
 #: bytes of stored gradients read per streamed chunk (bounds a streaming query's memory)
 CHUNK_BYTES = 1 << 27
@@ -94,8 +96,18 @@ class InfluenceIndex:
         self.test_batch_size = test_batch_size
         self.parts = [PartSpec.from_dict(p) for p in manifest["parts"]]
         self.part_index = {p.key: j for j, p in enumerate(self.parts)}
-        projection = manifest.get("projection")
-        self.projection = None if projection is None else Projection(projection["dim"], projection["seed"])
+        sketch = manifest.get("sketch")
+        self.sketch = (
+            None
+            if sketch is None
+            else Sketch(
+                dim=int(sketch["dim"]),
+                seed=int(sketch["seed"]),
+                keep_rows=bool(sketch["keep_rows"]),
+                table_rows={k: int(v) for k, v in sketch["table_rows"].items()},
+                directions=torch.load(directory / sketch["directions"]["file"], weights_only=True),
+            )
+        )
         self.shards = [directory / s["directory"] for s in manifest["shards"]]
         sizes = [int(s["rows"]) for s in manifest["shards"]]
         self.bases = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # shard entry offsets
@@ -154,6 +166,10 @@ class InfluenceIndex:
         _verify_file(folder / manifest["model_file"], manifest["model_sha256"])
         for checkpoint in manifest["checkpoints"]:
             _verify_file(folder / checkpoint["file"], checkpoint["sha256"])
+        if manifest.get("sketch"):
+            _verify_file(
+                folder / manifest["sketch"]["directions"]["file"], manifest["sketch"]["directions"]["sha256"]
+            )
         for shard in manifest["shards"]:
             meta = json.loads((folder / shard["directory"] / "meta.json").read_text())
             if meta["fingerprint"] != manifest["fingerprint"]:
@@ -193,8 +209,13 @@ class InfluenceIndex:
     # ---------------------------------------------------------------- inputs
     @property
     def mode(self) -> str:
-        """``rows`` (inverted lists, exact) or ``stream`` (exact or projected factors, every triple)."""
+        """``rows`` (inverted lists, exact), ``stream`` (exact, every triple) or ``sketch`` (projected)."""
         return str(self.manifest["mode"])
+
+    @property
+    def summary(self) -> str:
+        """One line: which form the build chose and why (projected: its measured agreement too)."""
+        return str(self.manifest.get("summary", f"{self.mode} index"))
 
     @property
     def train_triples(self) -> np.ndarray:
@@ -226,7 +247,7 @@ class InfluenceIndex:
         check_ids_fit_model(test, self.model, what="test triples", index=torch.arange(test.shape[0]))
         return test.to(self.device)
 
-    def _test_parts(self, test: Tensor) -> list[dict[str, Tensor]]:
+    def _test_grads(self, test: Tensor) -> list[SampleGradients]:
         with torch.enable_grad():
             grads = test_gradients(self.gradients, self.states, test, batch_size=self.test_batch_size)
         plan = self.gradients.plan
@@ -236,27 +257,29 @@ class InfluenceIndex:
                 f"{self.directory}: the query's parameter paths {paths} differ from the build's "
                 f"{self.manifest['parameter_paths']}"
             )
-        out = []
-        for g in grads:
-            arrays = flatten(g)
-            out.append(arrays if self.projection is None else self.projection.apply(arrays))
-        return out
+        return grads
 
     # --------------------------------------------------------------- queries
     def influence(self, test_triples: Tensor | Sequence[Sequence[Any]]) -> Tensor:
         """``(T, N)`` float32 CPU influence of every training triple, as ``compute_influence`` gives.
 
+        Exact for an exact index; for a projected one, an unbiased estimate (see ``summary``).
+
         Args:
             test_triples: ``(T, 3)`` ids, or label triples when the index has maps.
         """
         test = self.encode(test_triples)
-        parts = self._test_parts(test)
+        grads = self._test_grads(test)
+        parts = [flatten(g) for g in grads]
         out = torch.zeros(test.shape[0], self.num_train, dtype=torch.float32)
-        if self.mode == "rows":
+        if self.mode == "sketch":
+            for rows, scores in self._stream_sketch(grads):
+                out[:, torch.from_numpy(rows)] = scores.cpu()
+        if self.mode == "rows" or (self.mode == "sketch" and self._inverted):
             for t in range(test.shape[0]):
                 rows, values = self._row_scores(parts, t)
-                out[t, torch.from_numpy(rows)] = values
-        else:
+                out[t, torch.from_numpy(rows)] += values
+        elif self.mode == "stream":
             for rows, scores in self._stream(parts):
                 out[:, torch.from_numpy(rows)] = scores.cpu()
         return out
@@ -270,8 +293,18 @@ class InfluenceIndex:
         if k < 1:
             raise TracInInputError(f"k must be at least 1, got {k}")
         k = min(k, self.num_train)
+        if self.mode == "sketch":  # every training triple scores: a (T, N) block at a time
+            test = self.encode(test_triples)
+            blocks: list[TopK] = []
+            for chunk in test.split(max(1, (1 << 26) // max(1, self.num_train))):
+                scores = self.influence(chunk)
+                blocks.append(
+                    TopK.empty(num_test=chunk.shape[0], k=k).update(scores, torch.arange(self.num_train))
+                )
+            names = ("proponent_values", "proponent_index", "opponent_values", "opponent_index")
+            return IndexTopK(*(torch.cat([getattr(b, name) for b in blocks]) for name in names))
         test = self.encode(test_triples)
-        parts = self._test_parts(test)
+        parts = [flatten(g) for g in self._test_grads(test)]
         if self.mode == "rows":
             found = [
                 _sparse_topk(*self._row_scores(parts, t), self.num_train, k) for t in range(test.shape[0])
@@ -354,6 +387,68 @@ class InfluenceIndex:
                     with torch.autocast(device_type=self.device.type, enabled=False):
                         scores += state.learning_rate * pairwise_dot(test, unflatten(arrays))
                 yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], scores
+
+    def _stream_sketch(self, grads: Sequence[SampleGradients]) -> Any:
+        """``(rows, (T, b) scores)`` per chunk: every score's sketched part and exact linear means."""
+        sketch = self.sketch
+        assert sketch is not None
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            query = torch.zeros(grads[0].batch_size, sketch.dim, device=self.device)
+            means: list[dict[str, Tensor]] = []
+            for k, (g, state) in enumerate(zip(grads, self.states)):
+                query += state.learning_rate * sketch.test(k, g)
+                means.append({key: state.learning_rate * m for key, m in sketch.means(k, g).items()})
+        mean_parts = [(j, p.key) for j, p in enumerate(self.parts) if p.key.endswith("/mean")]
+        j = self.part_index["sketch"]
+        width = sketch.dim + len(self.states) * sum(self.parts[i].shape[-1] for i, _ in mean_parts)
+        step = max(1, CHUNK_BYTES // (4 * width))
+        for r, folder in enumerate(self.shards):
+            size = int(self.bases[r + 1] - self.bases[r])
+            for start in range(0, size, step):
+                stop = min(size, start + step)
+                scores = query @ _read(folder / part_file(j, None), start, stop, self.device).T
+                for k, found in enumerate(means):
+                    for i, key in mean_parts:
+                        scores += found[key] @ _read(folder / part_file(i, k), start, stop, self.device).T
+                yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], scores
+
+
+def agreement(exact: Tensor, approx: Tensor, *, top: int = 10) -> dict[str, Any]:
+    """Per-row Spearman correlation and top-``top`` overlap of ``approx`` with ``exact`` (both ``(T, N)``).
+
+    Ties share their average rank. Overlap is ``|top(exact) & top(approx)| / top`` over the largest
+    scores (proponents).
+
+    Example:
+        >>> exact = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+        >>> found = agreement(exact, exact.flip(1), top=2)
+        >>> found["spearman"], found["top10_overlap"]
+        ([-1.0], [0.0])
+    """
+    top = min(top, exact.shape[1])
+    rho, overlap = [], []
+    for t in range(exact.shape[0]):
+        a, b = _average_ranks(exact[t].double().numpy()), _average_ranks(approx[t].double().numpy())
+        a, b = a - a.mean(), b - b.mean()
+        denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        rho.append(round(float((a * b).sum()) / denominator, 6) if denominator > 0 else 0.0)
+        best = set(exact[t].topk(top).indices.tolist()) & set(approx[t].topk(top).indices.tolist())
+        overlap.append(len(best) / top)
+    return {
+        "triples": len(rho),
+        "spearman": rho,
+        "top10_overlap": overlap,
+        "spearman_min": min(rho, default=float("nan")),
+        "spearman_median": float(np.median(rho)) if rho else float("nan"),
+        "top10_overlap_mean": float(np.mean(overlap)) if overlap else float("nan"),
+        "top10_overlap_min": min(overlap, default=float("nan")),
+    }
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2.0)[inverse]
 
 
 def _read(path: Path, start: int, stop: int, device: torch.device) -> Tensor:
