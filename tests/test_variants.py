@@ -37,7 +37,7 @@ EPS = 1e-8
 _GRADIENTS: dict[tuple[int, str, str, int], Tensor] = {}
 
 
-def test_triples() -> Tensor:
+def held_out() -> Tensor:
     from pykeen.datasets import Nations
 
     dataset = Nations()
@@ -142,7 +142,7 @@ def test_variant_matches_dense_reference_three_checkpoints(
 ) -> None:
     """Three checkpoints, ten test triples cached in three chunks, training triples in three batches."""
     run = trained(name, inverse)
-    test = test_triples()
+    test = held_out()
     assert len(test) > CHUNK
     ks = range(len(run.states))
     assert_rows_close(
@@ -154,7 +154,7 @@ def test_variant_matches_dense_reference_three_checkpoints(
 @pytest.mark.parametrize("name", MODELS)
 def test_variant_matches_dense_reference_one_checkpoint(trained, name: str, variant: str) -> None:
     run = trained(name, True)
-    test = test_triples()
+    test = held_out()
     assert_rows_close(
         engine_scores(run, variant, test, "bce", [-1]), reference(run, variant, test, "bce", [-1])
     )
@@ -164,7 +164,7 @@ def test_variant_matches_dense_reference_one_checkpoint(trained, name: str, vari
 def test_variants_differ_from_plain_tracin(trained, variant: str) -> None:
     """Each variant is really another score (a variant silently falling back to TracIn would fail)."""
     run = trained("DistMult", False)
-    test = test_triples()
+    test = held_out()
     plain = engine_scores(run, "tracin", test, "bce", [-1])
     other = engine_scores(run, variant, test, "bce", [-1])
     assert not torch.allclose(plain, other, rtol=1e-3, atol=0)
@@ -173,7 +173,7 @@ def test_variants_differ_from_plain_tracin(trained, variant: str) -> None:
 def test_no_variant_is_plain_tracin_bit_for_bit(trained) -> None:
     """``variant=None`` takes the original code path; ``tracin`` by name gives the same numbers."""
     run = trained("ConvE", True)
-    test = test_triples()
+    test = held_out()
     assert torch.allclose(
         engine_scores(run, None, test, "bce", [0, 1]),
         engine_scores(run, "tracin", test, "bce", [0, 1]),
@@ -184,7 +184,7 @@ def test_no_variant_is_plain_tracin_bit_for_bit(trained) -> None:
 def test_cosine_layer_groups_are_not_one_group(trained) -> None:
     """``by='model'`` is the cosine of whole gradients: checked against its own dense reference."""
     run = trained("ConvE", True)
-    test = test_triples()
+    test = held_out()
     ours = engine_scores(run, CosineVariant(by="model"), test, "bce", [-1])
     g_test, g_train = dense(run, "test", test, "bce", -1), dense(run, "train", run.train, "bce", -1)
     expected = run.learning_rates[-1] * (
@@ -242,7 +242,7 @@ def test_adam_with_a_real_optimizer_state() -> None:
 def test_head_local_is_zero_for_triples_away_from_the_head(trained) -> None:
     """With a per-triple loss a training triple that never looks up the head scores exactly 0."""
     run = trained("DistMult", False)
-    test = test_triples()
+    test = held_out()
     scores = engine_scores(run, "head-local", test, "bce", [-1])
     touches = (run.train[:, 0].unsqueeze(0) == test[:, :1]) | (run.train[:, 2].unsqueeze(0) == test[:, :1])
     assert bool((scores[~touches] == 0).all()) and bool((scores[touches] != 0).any())
