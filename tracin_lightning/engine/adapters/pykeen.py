@@ -10,8 +10,9 @@
 - Several interactions end with a contraction of a query vector with the tail representation,
   ``f(h, r, t) = <q(h, r), t> (+ bias)``, written as a broadcast multiply and sum
   (``batched_dot(x, t) = (x * t).sum(-1)``). Scoring every tail that way materialises a
-  ``(batch, entities, dim)`` product. :func:`matmul_interaction_class` gives ConvE, DistMult, TuckER
-  and ER-MLP (E) the same forward with that contraction as ``einsum`` (one matrix product); the
+  ``(batch, entities, dim)`` product, and an ``einsum`` of three operands becomes one matrix-vector
+  product per sample under ``vmap``. :func:`matmul_interaction_class` gives ConvE, DistMult, ComplEx,
+  RESCAL, CP, TuckER and ER-MLP (E) the same forward with that contraction as one matrix product; the
   engine runs it in its own copy of the module tree (:meth:`PyKEENAdapter.engine_class`), and
   :func:`tracin_lightning.training.fast_one_to_n` lends it to a user's training run.
 
@@ -105,6 +106,18 @@ def _distmult_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
     return _dot(h * r, t)
 
 
+def _complex_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+    return torch.real(_dot(h * r, torch.conj(t)))
+
+
+def _rescal_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+    return _dot(torch.einsum("...d,...de->...e", h, r), t)
+
+
+def _cp_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
+    return _dot((h * r).flatten(-2), t.flatten(-2))
+
+
 def _tucker_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
     from pykeen.nn.utils import apply_optional_bn
 
@@ -128,6 +141,9 @@ def _ermlpe_forward(self: Any, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
 _FORWARDS: dict[str, Callable[..., Tensor]] = {
     "ConvEInteraction": _conve_forward,
     "DistMultInteraction": _distmult_forward,
+    "ComplExInteraction": _complex_forward,
+    "RESCALInteraction": _rescal_forward,
+    "CPInteraction": _cp_forward,
     "TuckERInteraction": _tucker_forward,
     "ERMLPEInteraction": _ermlpe_forward,
 }
@@ -146,8 +162,8 @@ def matmul_interactions() -> list[str]:
     """Names of the PyKEEN interactions that have a matrix-product form.
 
     Example:
-        >>> matmul_interactions()
-        ['ConvEInteraction', 'DistMultInteraction', 'ERMLPEInteraction', 'TuckERInteraction']
+        >>> len(matmul_interactions()), matmul_interactions()[:3]
+        (7, ['CPInteraction', 'ComplExInteraction', 'ConvEInteraction'])
     """
     return sorted(_FORWARDS)
 
