@@ -193,3 +193,14 @@ def test_print_config_comments_carry_the_help() -> None:
     assert done.returncode == 0, done.stderr
     assert "# Compute TracIn influence" in done.stdout and "fnmatch patterns" in done.stdout
     assert "inference_mode: false" in done.stdout
+
+
+def test_print_config_comments_without_ruamel_says_what_is_missing() -> None:
+    try:
+        import ruamel.yaml  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("ruamel.yaml is installed: the comments are printed")
+    done = cli("predict", "--model.model", "x", "--print_config=comments")
+    assert "needs the ruamel.yaml package" in one_error_line(done)

@@ -59,6 +59,8 @@ class OneLineArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         text = " ".join(line.strip() for line in message.splitlines() if line.strip())
         hint = _closest_option(text, parser)
+        if 'Invalid option "comments"' in text:  # jsonargparse offers comments only with ruamel.yaml
+            hint = ": printing the help as comments needs the ruamel.yaml package (pip install ruamel.yaml)"
         prog = parser.prog.replace(" [options]", "")
         text = text.replace("Subcommand 'predict' does not accept", f"{prog} does not accept")
         sys.stderr.write(f"error: {text}{hint} (see {prog} --help)\n")
