@@ -500,8 +500,8 @@ def faithfulness_baseline(dataset: str) -> str:
     base, config = result["baseline"], result["config"]
     return (
         f"{config.get('model', 'DistMult')} trained to test tail MRR {base['test_tail_mrr']:.3f}, "
-        f"hits@10 {base['test_tail_hits_at_10']:.3f}; {result['retrains']} retrains, "
-        f"{result['wall_seconds'] / 60:.0f} min"
+        f"hits@10 {base['test_tail_hits_at_10']:.3f}, {len(result['test_triples'])} test triples; "
+        f"{result['retrains']} retrains, {result['wall_seconds'] / 60:.0f} min on one thread"
     )
 
 
