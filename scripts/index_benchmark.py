@@ -13,14 +13,24 @@ Sections (``--section``):
   agreement with the exact one (per-row Spearman, top-10 overlap).
 - ``memory``: a ``--synthetic`` triple random graph (DistMult, ``--synthetic-dim``), index built and
   queried in two child processes whose peak RSS (``ru_maxrss``) is reported.
+- ``like``: ``--like-model`` (ConvE, inverse triples) with loss ``--loss`` on a random graph shaped
+  like ``--like-entities`` entities and ``--like-train`` edges (or FB15k-237's first ``--num-train``
+  triples with ``--like-dataset fb15k237``): the full exact pass, the index built under the budget
+  ``--max-size`` (its one-line summary says which form and why), its size, query latency and
+  agreement with the full pass on 100 test triples; ``--like-full-size N`` adds the sizes a build of
+  ``N`` triples would have under ``--like-full-budget`` (from the gradient shapes).
 
 Examples::
 
     nice -n 10 python scripts/index_benchmark.py --section rows --model DistMult
     nice -n 10 python scripts/index_benchmark.py --section conve --conve-train 5000
     nice -n 10 python scripts/index_benchmark.py --section memory --synthetic 10000000
+    nice -n 10 python scripts/index_benchmark.py --section like --checkpoints 5 --max-size 1GB
+    nice -n 10 python scripts/index_benchmark.py --section like --like-dataset fb15k237 --num-train 8000 \
+        --checkpoints 5 --max-size 294MB --like-full-size 272115 --like-full-budget 10GB
 
-Prints a markdown table per section and writes all numbers as JSON (``--output``).
+Prints a markdown table per section (with the load average before and after it) and writes all
+numbers as JSON (``--output``).
 """
 
 from __future__ import annotations
@@ -315,7 +325,8 @@ def analytic_form(model: Any, states: list[dict], train: torch.Tensor, args: arg
     state_bytes = sum(v.numel() * v.element_size() for v in states[0].values())
     form = choose_form(example, num_train=num_train, num_checkpoints=len(states),
                        fixed_bytes=state_bytes * (1 + len(states)) + num_train * 24,
-                       max_bytes=parse_size(args.max_size), projection_dim=None, checks=8)  # fmt: skip
+                       max_bytes=parse_size(args.like_full_budget or args.max_size), projection_dim=None,
+                       checks=8)  # fmt: skip
     return {"analytic_num_train": num_train, "analytic_exact_bytes": form.exact_bytes,
             "analytic_bytes": form.bytes, "analytic_summary": form.reason}  # fmt: skip
 
@@ -451,6 +462,7 @@ def main() -> None:
     parser.add_argument("--max-size", default="1GB", help="the index's size budget (like section)")
     parser.add_argument("--like-full-size", type=int, default=None,
                         help="also print the form a build of N triples would choose")  # fmt: skip
+    parser.add_argument("--like-full-budget", default=None, help="its budget (default --max-size)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("index_benchmark.json"))
     parser.add_argument("--child", choices=["build", "query"], help=argparse.SUPPRESS)
@@ -473,7 +485,10 @@ def main() -> None:
             "memory": section_memory,
             "like": section_like,
         }
+        load = os.getloadavg()
         found = sections[section](args, work)
+        found.setdefault("load_before", load)
+        found.setdefault("load_after", os.getloadavg())
         results[section] = found
         print(table(section, found), flush=True)
     write_json(args.output, results)
