@@ -56,11 +56,11 @@ _NOISE_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     (r".*trained_model\.pkl is not a plain state dict", UserWarning),
 )
-#: Lightning's start-up lines (its advertisement for its logger and the accelerator inventory; the
-#: device a run used is in run.json), so that stderr holds only what concerns the run: an error is
-#: then the one line there.
-#: PyKEEN's notice that mapping a named dataset's test split with its training maps drops the triples
-#: of unseen entities is dropped too: the split sizes are documented (tracin_lightning.datasets).
+#: Log lines dropped while the command line runs, so that stderr holds only what concerns the run (an
+#: error is then the one line there): Lightning's start-up lines (its advertisement for its logger and
+#: the accelerator inventory; the device a run used is in run.json), and PyKEEN's notice that mapping a
+#: named dataset's test split with the training maps drops the triples of unseen entities (the split
+#: sizes are documented in tracin_lightning.datasets).
 _NOISE_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
@@ -99,8 +99,8 @@ def _quiet_known_noise() -> Iterator[None]:
 class _LineTracker:
     """``sys.stdout`` while a command runs, remembering whether its last line is unfinished.
 
-    A progress bar leaves its line open (it redraws it with ``\r``); an error printed then must start
-    on a line of its own, also when stdout and stderr go to one terminal or file.
+    A progress bar leaves its line open (it redraws it after a carriage return); an error printed then
+    must start on a line of its own, also when stdout and stderr go to one terminal or file.
     """
 
     def __init__(self, stream: IO[str]) -> None:
