@@ -68,10 +68,12 @@ def main() -> None:
     )
     for name, model in record["models"].items():
         quality = model["heldout_tail"]
+        seconds = model["train_seconds"]
+        trained = "time not recorded" if seconds is None else f"{seconds:.0f} s"
         print(
             f"\n### {name}\n\nheld-out tail MRR: validation {quality['valid']['mrr']:.3f}, "
             f"test {quality['test']['mrr']:.3f} (hits@10 {quality['test']['hits@10']:.3f}); "
-            f"training {model['train_seconds']:.0f} s; TracIn seconds "
+            f"training {trained}; TracIn seconds "
             + ", ".join(f"{loss} {seconds:.0f}" for loss, seconds in model["tracin_seconds"].items())
         )
         chosen = model["chosen_on_valid"]
