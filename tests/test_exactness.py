@@ -228,3 +228,21 @@ def test_fast_and_dense_paths_match_reference(trained, factorize: bool) -> None:
     else:
         assert paths == {"dense"}
     assert_rows_close(ours, reference(run, "bce", [-1], [1.0]), TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["ConvE", "DistMult", "ComplEx"])
+def test_ce_runs_the_matrix_product_form_in_the_engine_copy(trained, name: str) -> None:
+    """The ce tests above exercise the engine's matrix-product interaction (its own copy), not PyKEEN's
+    broadcast, while the user's model keeps PyKEEN's class."""
+    from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+    from tracin_lightning.engine.losses import TripleLoss
+
+    run = trained(name, True)
+    own = type(run.model.interaction)
+    psg = PerSampleGradients(
+        loss=TripleLoss(model=run.model, loss="ce", inverse=True), params=select_parameters(run.model, None)
+    )
+    psg({k: v.detach() for k, v in run.model.state_dict().items()}, run.test[:2])
+    copied = type(psg._copy.model.interaction)  # type: ignore[union-attr]
+    assert copied.__name__ == f"Matmul{own.__name__}" and issubclass(copied, own)
+    assert type(run.model.interaction) is own and own.__module__ == "pykeen.nn.modules"

@@ -148,15 +148,21 @@ class PerSampleGradients:
             return plan
 
     def _check_copy(self, state: Mapping[str, Tensor], triple: Tensor) -> None:
-        """The copy's loss must be the user's module's: if a class the adapter gave it disagrees, the
-        copy takes the user's classes (slower, never wrong)."""
+        """The copy's loss must be that of the model's own classes: if a class the adapter gave the copy
+        disagrees, the copy takes the model's classes (slower, never wrong). Both run as copies, so the
+        user's modules are never run."""
+        plain, sync = engine_copy(self.loss)
+        if all(type(a) is type(b) for a, b in zip(plain.modules(), self._copy.modules())):
+            return
         self._sync()
+        sync()
+        values = {f"model.{k}": v for k, v in state.items()}
         with torch.no_grad():
             ours = self._forward(state, triple)
-            theirs = functional_call(self.loss, {f"model.{k}": v for k, v in state.items()}, (triple,))
+            theirs = functional_call(plain, values, (triple,))
         if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max().clamp_min(1))):
             logger.info("the adapter's engine classes change the loss; using the model's own classes")
-            self._copy, self._sync = engine_copy(self.loss)
+            self._copy, self._sync = plain, sync
 
     def _check(self, plan: GradientPlan, state: Mapping[str, Tensor], triple: Tensor) -> set[str]:
         names = [n for n in self.params if n not in plan.dense]
