@@ -709,6 +709,7 @@ def _atomic_write(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w", encoding="utf-8") as file:
         file.write(text)
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the result from other readers
     os.replace(temporary, path)
 
 
