@@ -14,9 +14,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import benchmark  # noqa: E402
-from graph import TREATS, load_graph, split  # noqa: E402
-from prepare_data import endpoints  # noqa: E402
+import dmdb_benchmark as benchmark  # noqa: E402
+from dmdb_graph import TREATS, load_graph, split  # noqa: E402
+from dmdb_prepare import endpoints  # noqa: E402
 
 pytestmark = pytest.mark.research
 

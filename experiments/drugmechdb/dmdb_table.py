@@ -1,6 +1,6 @@
 """Markdown tables of a DrugMechDB benchmark result (the README's tables are this script's output).
 
-    python experiments/drugmechdb/table.py experiments/drugmechdb/results/drugmechdb.json
+    python experiments/drugmechdb/dmdb_table.py experiments/drugmechdb/results/drugmechdb.json
 
 TracIn rankings with a free choice (path length, aggregate) are grouped into families, and each
 family is shown by its member with the best *validation* score (on_path@10 for edge tables,

@@ -4,8 +4,8 @@ that indication's curated mechanism path?
 One command trains the models (cached), computes TracIn over every training edge for the held-out
 indications (cached), ranks training edges and drug-to-disease paths every way, and writes the metrics::
 
-    python experiments/drugmechdb/benchmark.py                 # the full run (hours on 2 CPU cores)
-    python experiments/drugmechdb/benchmark.py --smoke         # a tiny run in seconds (the test uses it)
+    python experiments/drugmechdb/dmdb_benchmark.py          # the full run: about an hour on 2 busy cores
+    python experiments/drugmechdb/dmdb_benchmark.py --smoke  # a tiny run (the test uses it)
 
 Everything slow is cached under ``--cache`` (default ``experiments/drugmechdb/cache/``, keyed by the
 settings), so an interrupted run resumes: training from PyKEEN's own per-epoch checkpoint, TracIn per
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from graph import TREATS, Graph, Split, load_graph, simple_paths, split  # noqa: E402
+from dmdb_graph import TREATS, Graph, Split, load_graph, simple_paths, split  # noqa: E402
 
 import tracin_lightning  # noqa: E402
 from tracin_lightning.engine.candidates import build_filter  # noqa: E402
@@ -650,6 +650,8 @@ def run(
             "entities": data.factory.num_entities,
             "relations": data.factory.num_relations // 2,
             "indications": len(data.graph.mechanisms),
+            "mechanism_edges": len(set().union(*data.graph.mechanisms.values())),
+            "eligible_for_holding_out": data.split.eligible,
             "train": int(data.train.shape[0]),
             "valid": settings.num_valid,
             "test": settings.num_test,

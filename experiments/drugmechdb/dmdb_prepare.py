@@ -2,7 +2,7 @@
 
 Run once (the benchmark itself reads only ``data/``)::
 
-    python experiments/drugmechdb/prepare_data.py --source /path/to/drugmechdb
+    python experiments/drugmechdb/dmdb_prepare.py --source /path/to/drugmechdb
 
 ``SOURCE/indication_paths.json.gz`` is DrugMechDB's list of per-indication mechanism graphs (networkx
 layout: ``graph``, ``nodes`` with ``label`` = node type, ``links``). Writes ``data/paths.tsv.gz``

@@ -63,6 +63,7 @@ class Split:
     train: list[Triple]
     valid: list[Triple]
     test: list[Triple]
+    eligible: int = 0  # indications whose treats edge could be held out
 
 
 def split(graph: Graph, *, num_valid: int, num_test: int, seed: int = 0) -> Split:
@@ -76,7 +77,7 @@ def split(graph: Graph, *, num_valid: int, num_test: int, seed: int = 0) -> Spli
     test = [(d, TREATS, s) for d, s in eligible[:num_test]]
     valid = [(d, TREATS, s) for d, s in eligible[num_test : num_test + num_valid]]
     held = set(test) | set(valid)
-    return Split([t for t in graph.triples if t not in held], valid, test)
+    return Split([t for t in graph.triples if t not in held], valid, test, len(eligible))
 
 
 def simple_paths(
