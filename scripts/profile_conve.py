@@ -4,8 +4,9 @@ Builds the necessary-explanations cell's ConvE (``--dataset``, default WN18RR, d
 one forward + backward of ``score_t`` on 256 (h, r) pairs, i.e. every entity scored as the tail, the way
 1-N (LCWA) training scores a batch, beside one sLCWA batch (1,024 positives, 4 negatives each) and
 the 1-N step's last layer (features x every entity's embedding) done as one matrix product, and the
-1-N step of the cell's ConvE (``scripts/one_to_n.py``: that contraction as a matrix product), then
-prints the profiler's top operators for PyKEEN's 1-N step.
+1-N step of the cell's ConvE (``tracin_lightning.training.fast_one_to_n``, applied by
+``scripts/one_to_n.py``: that contraction as a matrix product), then prints the profiler's top
+operators for PyKEEN's 1-N step.
 
     python scripts/profile_conve.py --dataset wn18rr
 """
@@ -45,7 +46,7 @@ def main() -> None:
     config = cell.make_config(cell.parse_args(["--dataset", args.dataset, "--model", "conve"]))
     data = cell.load_data(config)
     model = cell.build_model(config, data.training, 0, matmul=False)  # PyKEEN's own ConvE
-    fast = cell.build_model(config, data.training, 0)  # the cell's: scripts/one_to_n.py
+    fast = cell.build_model(config, data.training, 0)  # the cell's: fast_one_to_n
     model.train()
     fast.train()
     pairs = data.training.mapped_triples[:256, :2]
@@ -71,7 +72,7 @@ def main() -> None:
 
     steps = (
         ("1-N, 256 (h, r) x every entity", one_to_n),
-        ("the same with MatmulConvEInteraction", matmul_one_to_n),
+        ("the same with fast_one_to_n", matmul_one_to_n),
         ("sLCWA, 1,024 x 5 triples", slcwa),
         ("its last layer as a matrix product", product),
     )
