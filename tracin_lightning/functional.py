@@ -43,6 +43,7 @@ from .engine.losses import (
 )
 from .engine.structure import SampleGradients
 from .engine.topk import TopK
+from .engine.variants import InfluenceVariant, VariantHint, resolve_variant
 from .errors import TracInInputError
 from .inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from .inputs.manifest import resolve_checkpoints
@@ -135,6 +136,7 @@ class TracInRun:
         device: where gradients and dot products are computed.
         autocast_dtype: the forward pass's reduced-precision dtype, or None for full precision.
         inverse: whether the model was trained with inverse triples.
+        variant: the scoring variant (:mod:`~tracin_lightning.engine.variants`); None: plain TracInCP.
     """
 
     model: nn.Module
@@ -145,6 +147,7 @@ class TracInRun:
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     inverse: bool = False
+    variant: InfluenceVariant | None = None
 
     @contextmanager
     def computing(self) -> Iterator[None]:
@@ -169,7 +172,9 @@ class TracInRun:
         """Per-checkpoint gradients of the ``(T, 3)`` test triples (already on ``device``)."""
         check_ids_fit_model(test_triples, self.model, what="test triples", index=_rows(test_triples))
         try:
-            return test_gradients(self.gradients, self.states, test_triples, batch_size=batch_size)
+            return test_gradients(
+                self.gradients, self.states, test_triples, batch_size=batch_size, variant=self.variant
+            )
         except NonFiniteGradientError as error:
             raise self.non_finite(error, test_triples, _rows(test_triples), "test") from None
 
@@ -236,6 +241,8 @@ def prepare(
     precision: str | None = None,
     factorize: bool = True,
     compile: bool = False,
+    variant: VariantHint = None,
+    exp_avg_sq: Sequence[Mapping[str, Tensor]] | None = None,
 ) -> TracInRun:
     """Load the model and checkpoints and set up the engine for one influence computation.
 
@@ -256,6 +263,10 @@ def prepare(
             autocast; dot products stay in float32). ``16-mixed`` on a CPU runs as bf16.
         factorize: the exact row-sparse and rank-one fast paths (False: dense, for checks).
         compile: run the per-sample gradient function through ``torch.compile``.
+        variant: the scoring variant: ``tracin`` (None), ``cosine``, ``relatif``, ``adam``,
+            ``head-local``, or an :class:`~tracin_lightning.engine.variants.InfluenceVariant`.
+        exp_avg_sq: the optimizer's second moment per checkpoint (parameter name -> tensor), for the
+            ``adam`` variant.
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -287,14 +298,21 @@ def prepare(
         learning_rates=None if learning_rates is None else list(learning_rates),
         learning_rate=learning_rate,
     )
+    try:
+        chosen = None if variant is None else resolve_variant(variant)
+    except (KeyError, ValueError, TypeError) as error:
+        raise TracInInputError(f"variant: {error}") from None
+    if exp_avg_sq is not None and len(exp_avg_sq) != len(resolved):
+        raise TracInInputError(f"exp_avg_sq has {len(exp_avg_sq)} entries for {len(resolved)} checkpoint(s)")
     states = []
-    for checkpoint in resolved:
+    for position, checkpoint in enumerate(resolved):
         state = checkpoint.load(kge)
         require_finite_weights(state, checkpoint)
         states.append(
             CheckpointState(
                 state={k: v.detach().to(target) for k, v in state.items()},
                 learning_rate=checkpoint.learning_rate,
+                exp_avg_sq=None if exp_avg_sq is None else exp_avg_sq[position],
             )
         )
     gradients = PerSampleGradients(loss=triple_loss, params=names, factorize=factorize, compile=compile)
@@ -307,6 +325,7 @@ def prepare(
         device=target,
         autocast_dtype=dtype,
         inverse=inverse,
+        variant=chosen,
     )
 
 
@@ -327,6 +346,7 @@ def score_batch(
     triples: Tensor,
     *,
     candidates: CandidateFilter | None = None,
+    variant: VariantHint = None,
 ) -> tuple[Tensor, Tensor | None]:
     """TracInCP scores of one training batch against the cached test gradients.
 
@@ -335,12 +355,16 @@ def score_batch(
         test: the test triples' gradients per checkpoint (:meth:`TracInRun.test_gradients`).
         triples: ``(B, 3)`` training triples on the run's device.
         candidates: a candidate filter; non-candidate pairs come back as NaN.
+        variant: the scoring variant for a ``(gradients, states)`` run (a :class:`TracInRun` carries
+            its own); the same as the test gradients were cached with.
 
     Returns:
         ``(scores (T, B) float32, mask (T, B) bool or None)``.
     """
     gradients, states = (run.gradients, run.states) if isinstance(run, TracInRun) else run
-    scores = batch_influence(gradients, states, test, triples)
+    if isinstance(run, TracInRun):
+        variant = run.variant
+    scores = batch_influence(gradients, states, test, triples, variant=variant)
     if candidates is None:
         return scores, None
     mask = candidates.mask(triples).to(scores.device)
@@ -411,6 +435,7 @@ def compute_influence(
     device: torch.device | str | None = None,
     precision: str | None = None,
     candidates: CandidateFilter | None = None,
+    variant: VariantHint = None,
 ) -> Tensor:
     """Exact TracIn influence of every training triple on every test triple.
 
@@ -433,6 +458,8 @@ def compute_influence(
         precision: ``32-true``, ``bf16-mixed`` or ``16-mixed``.
         candidates: a :class:`~tracin_lightning.engine.candidates.CandidateFilter` for these test
             triples; non-candidate pairs are NaN.
+        variant: the scoring variant (``cosine``, ``relatif``, ``adam``, ``head-local``; see
+            :mod:`~tracin_lightning.engine.variants`); None: plain TracInCP.
 
     Returns:
         ``(T, N)`` float32 CPU tensor of influence scores.
@@ -455,6 +482,7 @@ def compute_influence(
         params=params,
         device=device,
         precision=precision,
+        variant=variant,
     )
     out = torch.zeros(test_triples.shape[0], train_triples.shape[0], dtype=torch.float32)
     for scores, index, _ in _stream(
@@ -479,6 +507,7 @@ def compute_top_influence(
     device: torch.device | str | None = None,
     precision: str | None = None,
     candidates: CandidateFilter | None = None,
+    variant: VariantHint = None,
 ) -> TopK:
     """The ``top_k`` strongest proponents and opponents of each test triple, streamed.
 
@@ -503,6 +532,7 @@ def compute_top_influence(
         device: as in :func:`compute_influence`.
         precision: as in :func:`compute_influence`.
         candidates: as in :func:`compute_influence`.
+        variant: as in :func:`compute_influence`.
 
     Returns:
         :class:`~tracin_lightning.engine.topk.TopK` of ``(T, k)`` CPU tensors: float32 scores
@@ -537,6 +567,7 @@ def compute_top_influence(
         params=params,
         device=device,
         precision=precision,
+        variant=variant,
     )
     return top_influence(
         run, train_triples, test_triples, top_k=top_k, batch_size=batch_size, candidates=candidates
@@ -573,10 +604,12 @@ def compute_self_influence(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     precision: str | None = None,
+    variant: VariantHint = None,
 ) -> Tensor:
     """Self-influence ``sum_k lr_k ||grad loss(z; theta_k)||^2`` of every training triple.
 
-    Arguments as in :func:`compute_influence`.
+    Arguments as in :func:`compute_influence`; with a ``variant``, each triple's score against itself
+    under that variant.
 
     Returns:
         ``(N,)`` float32 CPU tensor.
@@ -598,12 +631,13 @@ def compute_self_influence(
         params=params,
         device=device,
         precision=precision,
+        variant=variant,
     )
     out = torch.zeros(train_triples.shape[0], dtype=torch.float32)
     with run.computing():
         for triples, index in _train_batches(run, train_triples, batch_size):
             try:
-                scores = batch_self_influence(run.gradients, run.states, triples)
+                scores = batch_self_influence(run.gradients, run.states, triples, variant=run.variant)
             except NonFiniteGradientError as error:
                 raise run.non_finite(error, triples, index, "training") from None
             out[index] = scores.float().cpu()

@@ -26,6 +26,7 @@ from ..engine.influence import (
 from ..engine.losses import CustomTripleLoss, TripleLoss
 from ..engine.structure import SampleGradients
 from ..engine.topk import TopK
+from ..engine.variants import resolve_variant
 from ..errors import TracInInputError
 from ..functional import resolve_run_loss, score_batch
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
@@ -100,6 +101,9 @@ class TracInModule(L.LightningModule):
             handle. A 1-N loss wrapped in :class:`~tracin_lightning.engine.losses.OneToNLoss` takes
             the rank-one path for embedding tables read whole. Parameters reached outside embedding
             lookups and linear layers take the exact dense path automatically.
+        variant: a scoring variant by name (``cosine``, ``relatif``, ``adam``, ``head-local``; see
+            :mod:`~tracin_lightning.engine.variants`); None: plain TracInCP. ``adam`` needs each
+            checkpoint's optimizer second moment, which checkpoint files do not carry yet.
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -133,6 +137,7 @@ class TracInModule(L.LightningModule):
         test_batch_size: int = 256,
         test_triples: Tensor | None = None,
         loss_fn: Callable[[nn.Module, Tensor], Tensor] | None = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "test_triples", "loss_fn"])
@@ -154,6 +159,10 @@ class TracInModule(L.LightningModule):
             if loss_fn is None
             else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
         )
+        try:  # a scoring variant by name (engine.variants); None: plain TracInCP
+            self.variant = None if variant is None else resolve_variant(variant)
+        except (KeyError, ValueError, TypeError) as error:
+            raise TracInInputError(f"variant: {error}") from None
         self.loss_description = self.triple_loss.description  # the canonical loss name, or custom: ...
         self.param_names = select_parameters(self.kge_model, params)
         if not self.param_names:
@@ -223,7 +232,11 @@ class TracInModule(L.LightningModule):
                 if self.mode == "self":
                     return {"index": index, "self_influence": self._self(triples)}
                 scores, mask = score_batch(
-                    (self.gradients, self.states), self.test_grads, triples, candidates=self.candidate_filter
+                    (self.gradients, self.states),
+                    self.test_grads,
+                    triples,
+                    candidates=self.candidate_filter,
+                    variant=self.variant,
                 )
         except NonFiniteGradientError as error:
             raise self._non_finite(error, triples, index) from None
@@ -292,7 +305,7 @@ class TracInModule(L.LightningModule):
         )
 
     def _self(self, triples: Tensor) -> Tensor:
-        return batch_self_influence(self.gradients, self.states, triples)
+        return batch_self_influence(self.gradients, self.states, triples, variant=self.variant)
 
     def _require_gradients(self) -> None:
         if self.trainer.predict_loop.inference_mode or torch.is_inference_mode_enabled():
@@ -339,7 +352,7 @@ class TracInModule(L.LightningModule):
         with self.trainer.precision_plugin.forward_context(), torch.enable_grad():
             try:
                 self.test_grads = test_gradients(
-                    self.gradients, self.states, test, batch_size=self.test_batch_size
+                    self.gradients, self.states, test, batch_size=self.test_batch_size, variant=self.variant
                 )
             except NonFiniteGradientError as error:
                 raise self._non_finite(error, test, torch.arange(test.shape[0]), what="test") from None
