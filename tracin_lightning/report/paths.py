@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .read import short
 from .style import DPI, PROPONENT_COLOUR, TEST_COLOUR, figure, plain
-from .views import Evidence
+from .views import EvidenceShown
 
 __all__ = ["PATHS_DRAWN", "draw_paths"]
 
@@ -19,7 +19,7 @@ PATHS_DRAWN = 5
 NAME_WIDTH = 18
 
 
-def draw_paths(paths: list[Evidence], head: str, destination: Path) -> None:
+def draw_paths(paths: list[EvidenceShown], head: str, destination: Path) -> None:
     """Draw ``paths`` (ranked evidence of the ``paths`` view) starting at entity ``head`` into a PNG."""
     shown = paths[:PATHS_DRAWN]
     longest = max((len(p.steps) for p in shown), default=1)

@@ -32,7 +32,8 @@ __all__ = [
     "EXPLANATIONS_FILE",
     "EXPLANATION_COLUMNS",
     "PREDICTION_COLUMNS",
-    "Evidence",
+    "EvidenceShown",
+    "Step",
     "ViewCase",
     "explanation_rows",
     "read_explanations",
@@ -65,8 +66,8 @@ class Step:
 
 
 @dataclass
-class Evidence:
-    """A fact or a path, with the score the view ranked it by."""
+class EvidenceShown:
+    """A fact or a path as the report shows it, with the score the view ranked it by."""
 
     view: str
     kind: str
@@ -79,7 +80,7 @@ class Evidence:
 
         Example:
             >>> t = Triple("b", "in", "a", "B", "in", "A")
-            >>> Evidence("paths", "proponent", 1, 0.5, [Step(0, t, 0.5)]).entities("a")
+            >>> EvidenceShown("paths", "proponent", 1, 0.5, [Step(0, t, 0.5)]).entities("a")
             [('a', 'A'), ('b', 'B')]
         """
         out: list[tuple[str, str]] = []
@@ -101,9 +102,9 @@ class ViewCase:
     triple: Triple
     model_rank: float | None = None
     model_score: float | None = None
-    evidence: list[Evidence] = field(default_factory=list)
+    evidence: list[EvidenceShown] = field(default_factory=list)
 
-    def of(self, view: str, kind: str) -> list[Evidence]:
+    def of(self, view: str, kind: str) -> list[EvidenceShown]:
         """The evidence of one view and kind, by rank."""
         return sorted((e for e in self.evidence if e.view == view and e.kind == kind), key=lambda e: e.rank)
 
@@ -195,7 +196,7 @@ def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str]
     :class:`~tracin_lightning.errors.TracInInputError` naming the file and line of a bad row.
     """
     cases: dict[tuple[int, str, str, str], ViewCase] = {}
-    pieces: dict[tuple[tuple[int, str, str, str], str, str, int], Evidence] = {}
+    pieces: dict[tuple[tuple[int, str, str, str], str, str, int], EvidenceShown] = {}
     has_names: bool | None = None
     what = "view explanations"
     for line, row in _csv_rows(path, EXPLANATION_COLUMNS, what):
@@ -220,7 +221,7 @@ def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str]
         piece = pieces.get(piece_key)
         if piece is None:
             score = _number(path, line, row, "score", float)
-            piece = pieces[piece_key] = Evidence(row["view"], kind, rank, score)
+            piece = pieces[piece_key] = EvidenceShown(row["view"], kind, rank, score)
             case.evidence.append(piece)
         step = _number(path, line, row, "step", int)
         if step != len(piece.steps):
@@ -239,7 +240,7 @@ def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str]
     return cases
 
 
-def _path_text(evidence: Evidence, head: str) -> str:
+def _path_text(evidence: EvidenceShown, head: str) -> str:
     """``A —r→ B ←s— C``: names on every node, arrows in each fact's own direction."""
     nodes = evidence.entities(head)
     parts = [f'<span class="name">{_e(nodes[0][1])}</span>']
