@@ -25,7 +25,7 @@ in the time left is reported as ``skipped: time`` instead of overrunning):
 - ``index``: if the explain-on-demand index (``tracin_lightning.build_index``) exists, its build
   time and query latency on the FB15k-237 ComplEx.
 
-Goals (issue 15, one H100/H200) are printed beside each measured value. ``--smoke`` runs every
+Goals (for one H100/H200) are printed beside each measured value. ``--smoke`` runs every
 section on a tiny case (Nations; 256 FB15k-237 triples; an 8,192-triple synthetic graph) where the
 speed goals do not apply (``n/a (smoke)``), but exactness and equality still must pass.
 
@@ -580,7 +580,8 @@ def precision(check: Check, store: dict[str, Any]) -> None:
                     checkpoints=run.states,
                     learning_rates=run.learning_rates,
                     batch_size=check.size.batch_size,
-                    device=check.device, precision=mode,
+                    device=check.device,
+                    precision=mode,
                 )
                 compute_influence(run.model, fb.train[: 2 * check.size.batch_size], fb.test, **common)
                 seconds, mixed = check.timed(

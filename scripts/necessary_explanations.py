@@ -133,7 +133,7 @@ PUBLISHED_MODELS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 #: Kelpie paper's necessary-explanation results (ΔH@1, ΔMRR) and Kelpie's mean explanation length, as
-#: given in issue 13 of this project (from the Kelpie authors' published per-prediction result files).
+#: taken from the Kelpie authors' published per-prediction result files.
 PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
     ("complex", "fb15k237"): {
         "Kelpie": (-0.59, -0.413),
@@ -528,7 +528,7 @@ def trained(
     with atomic_path(weights) as tmp:
         torch.save(model.state_dict(), tmp)
     info = {"name": name, "key": key, "seed": seed, "num_removed": len(removed), "train_seconds": seconds}
-    info["commit"] = git_commit()  # per model: a cell's rows may come from several sittings
+    info["commit"] = git_commit()  # per model: a cell's rows may come from several runs
     write_json(info_path, info)
     return model, info
 
@@ -796,7 +796,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", help="default runs/necessary/<dataset>_<model>/")
     parser.add_argument("--output", help="result JSON (default <cache>/result.json)")
     parser.add_argument(
-        "--only", nargs="*", help="run only these retrains (names as in the JSON), e.g. for a short sitting"
+        "--only", nargs="*", help="run only these retrains (names as in the JSON), e.g. for a short run"
     )
     parser.add_argument(
         "--rows-from",
@@ -1022,7 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ]
         if j > 2:
             plan.append((f"noise@seed{j}", "", config.seed + j - 1))
-    # required explainers first, so that a short sitting gets them, then the same-seed floor (the one the
+    # required explainers first, so that a short run gets them, then the same-seed floor (the one the
     # paired retrain is read against)
     order = ["noise", "tracin@k=1", f"tracin@k={budget}", f"tracin-head@k={budget}"]
     order += [f"random-head@k={budget}", f"similar-head@k={budget}", f"random-far@k={budget}"]

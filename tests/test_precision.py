@@ -33,9 +33,7 @@ def test_bf16_mixed_agrees_with_float32(saved_conve) -> None:
     )
     train = data.train_triples[:800]
     full = compute_influence(saved_conve.model, train, data.test_triples, **kwargs)  # type: ignore[arg-type]
-    mixed = compute_influence(
-        saved_conve.model, train, data.test_triples, precision="bf16-mixed", **kwargs
-    )  # type: ignore[arg-type]
+    mixed = compute_influence(saved_conve.model, train, data.test_triples, precision="bf16-mixed", **kwargs)  # type: ignore[arg-type]
     assert mixed.dtype == torch.float32
     rho = spearman_corrcoef(mixed.T, full.T)
     assert float(rho.min()) >= 0.99

@@ -36,7 +36,7 @@ SMALL_MODEL_KWARGS: dict[str, dict[str, Any]] = {
 
 
 def triple_loss(model: nn.Module, hrt: Tensor, loss: str, inverse: bool) -> Tensor:
-    """Loss of one triple ``(3,)`` as defined in the foundation issue."""
+    """Loss of one triple ``(3,)``: softplus(-f) for ``bce``, -f for ``score``, 1-N cross-entropy for ``ce``."""
 
     def one(h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         if loss == "ce":
