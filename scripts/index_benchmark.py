@@ -165,7 +165,7 @@ def section_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model, states, rates = checkpoints(args.model, factory, args.dim, args.checkpoints)
     out: dict[str, Any] = {"model": args.model, "dim": args.dim, "num_train": int(train.shape[0]),
                            "checkpoints": args.checkpoints, "batch_size": args.batch_size}  # fmt: skip
-    kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.batch_size)
+    kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.batch_size, loss=args.loss)
     epoch = []
     for state in states:
         model.load_state_dict(state)
@@ -210,7 +210,7 @@ def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     train = train[: args.conve_train]
     queries = test[: args.conve_queries]
     model, states, rates = checkpoints("ConvE", factory, args.dim, args.checkpoints)
-    kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size)
+    kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size, loss=args.loss)
     out: dict[str, Any] = {"model": "ConvE", "dim": args.dim, "num_train": int(train.shape[0]),
                            "checkpoints": args.checkpoints,
                            "projection_dim": args.projection_dim}  # fmt: skip
@@ -272,7 +272,7 @@ def graph_like(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.Tenso
 
 def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """ConvE on the user's graph shape (or FB15k-237): budgeted index against the full exact pass."""
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
     from tracin_lightning.index.query import agreement
 

@@ -64,14 +64,16 @@ def test_row_only_index_is_exact(trained, tmp_path: Path, name: str, inverse: bo
         states, rates = run.states[-count:], run.learning_rates[-count:]
         folder = tmp_path / f"checkpoints{count}"
         index = build_index(
-            run.model, run.train, folder, checkpoints=states, learning_rates=rates, batch_size=16
+            run.model, run.train, folder, checkpoints=states, learning_rates=rates, batch_size=16, loss="bce"
         )
         assert index.mode == "rows"
         opened = InfluenceIndex.open(folder, test_batch_size=4)  # 6 test triples: two gradient chunks
         ours = opened.influence(run.test)
         assert ours.dtype == torch.float32 and ours.shape == (len(run.test), len(run.train))
         assert row_error(ours, sum(per_checkpoint[-count:])) <= TOLERANCE
-        full = compute_influence(run.model, run.train, run.test, checkpoints=states, learning_rates=rates)
+        full = compute_influence(
+            run.model, run.train, run.test, checkpoints=states, learning_rates=rates, loss="bce"
+        )
         assert row_error(ours, full) <= TOLERANCE
 
 

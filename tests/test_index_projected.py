@@ -17,7 +17,6 @@ import torch
 from conftest import _CACHE, train_model
 from reference import reference_influence
 
-from tracin_lightning.api import compute_influence
 from tracin_lightning.engine.structure import (
     LinearGradients,
     RowGradients,
@@ -26,6 +25,7 @@ from tracin_lightning.engine.structure import (
     pairwise_dot,
 )
 from tracin_lightning.errors import TracInInputError
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.index import InfluenceIndex, build_index
 from tracin_lightning.index.query import agreement
 from tracin_lightning.index.store import Sketch, parse_size

@@ -691,7 +691,7 @@ def build_index(
     checkpoints: Sequence[str | Path | Mapping[str, Tensor]] | str | None = None,
     learning_rates: Sequence[float] | None = None,
     learning_rate: float = 1.0,
-    loss: str = "bce",
+    loss: str | None = None,
     params: Sequence[str] | None = None,
     batch_size: int = 256,
     trainer_kwargs: Mapping[str, Any] | None = None,
@@ -706,7 +706,8 @@ def build_index(
 ) -> Any:
     """Build an influence index of ``train_triples`` in ``directory`` and open it.
 
-    Arguments as in :func:`~tracin_lightning.api.compute_influence`, plus:
+    Arguments as in :func:`~tracin_lightning.functional.compute_influence` (``loss`` None: the loss the
+    model was trained with), plus:
 
     Args:
         directory: the index folder.
@@ -728,7 +729,7 @@ def build_index(
         >>> import tempfile
         >>> from pykeen.datasets import Nations
         >>> from pykeen.models import DistMult
-        >>> from tracin_lightning.api import compute_influence
+        >>> from tracin_lightning.functional import compute_influence
         >>> data = Nations()
         >>> kge = DistMult(triples_factory=data.training, embedding_dim=8, random_seed=0)
         >>> train, test = data.training.mapped_triples[:100], data.testing.mapped_triples[:2]
@@ -736,17 +737,19 @@ def build_index(
         >>> torch.allclose(index.influence(test), compute_influence(kge, train, test), atol=1e-6)
         True
     """
-    from ..api import module_arguments, predict_quietly
+    from ..api import predict_quietly
     from .query import InfluenceIndex
 
     data = TriplesDataModule.from_tensors(train_triples, train_triples[:1], maps=maps, batch_size=batch_size)
-    arguments = module_arguments(
-        checkpoints=checkpoints,
-        learning_rates=learning_rates,
-        learning_rate=learning_rate,
-        loss=loss,
-        params=params,
-    )
+    arguments: dict[str, Any] = {
+        "checkpoints": checkpoints
+        if checkpoints is None or isinstance(checkpoints, (str, Path))
+        else list(checkpoints),
+        "learning_rates": None if learning_rates is None else list(learning_rates),
+        "learning_rate": learning_rate,
+        "loss": loss,
+        "params": None if params is None else list(params),
+    }
     writer = IndexWriter(
         directory=str(directory),
         max_bytes=max_bytes,
