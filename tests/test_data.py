@@ -24,7 +24,8 @@ from tracin_lightning.errors import TracInInputError
 from tracin_lightning.inputs import tsv as tsv_module
 from tracin_lightning.inputs.maps import LabelMaps, read_id_map
 from tracin_lightning.inputs.triples import read_labeled_triples
-from tracin_lightning.lightning.datamodule import TripleBatches, TriplesDataModule
+from tracin_lightning.lightning.batches import TripleBatches
+from tracin_lightning.lightning.datamodule import TriplesDataModule
 
 ENTITIES = {"brazil": 0, "burma": 1, "china": 2, "usa": 3}
 RELATIONS = {"embassy": 0, "treaties": 1}

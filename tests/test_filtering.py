@@ -22,7 +22,7 @@ from tracin_lightning import InfluenceWriter, TracInInputError, TracInModule, Tr
 from tracin_lightning.cli import main
 from tracin_lightning.engine.candidates import build_filter, count_candidates
 from tracin_lightning.engine.topk import TopK
-from tracin_lightning.lightning.datamodule import TripleBatches
+from tracin_lightning.lightning.batches import TripleBatches
 from tracin_lightning.testing import assert_rows_close
 
 # ------------------------------------------------------------------------------------ obvious reference

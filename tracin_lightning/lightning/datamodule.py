@@ -1,129 +1,31 @@
-"""``TriplesDataModule``: streams training triples, as whole batches, to the TracIn module."""
+"""``TriplesDataModule``: streams training triples, as whole batches, to the TracIn module.
+
+Its jobs live in their own modules: where the triples come from and which test triples are kept
+(:mod:`.sources`), which training triples are candidates (:mod:`.candidate_set`), and the batches
+(:mod:`.batches`); this class holds them together as Lightning's ``LightningDataModule``.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from ..engine.candidates import MODES, CandidateFilter, build_filter, count_candidates
+from ..engine.candidates import CandidateFilter
 from ..errors import TracInInputError
 from ..inputs.maps import LabelMaps, _check_ids
-from ..inputs.names import Names, read_edge_map, read_node_names
-from ..inputs.triples import read_test_triples, read_train_triples, select_rows
-from ..inputs.tsv import read_tsv_rows as read_tsv_rows
+from ..inputs.names import Names
+from .batches import TripleBatches
+from .candidate_set import CandidateMode, CandidateSet, CandidateSpec
 from .contracts import PredictionInputs
+from .sources import LoadedTriples, TripleSources, TripleTensors, read_sources
 
-__all__ = ["TripleBatches", "TripleTensors", "TriplesDataModule"]
-
-
-class TripleBatches(Dataset):
-    """Map-style dataset whose item ``i`` is the ``i``-th contiguous batch of training triples.
-
-    Items are ``{"index": LongTensor (b,), "triples": LongTensor (b, 3)}`` with ``index`` the rows'
-    positions (plus ``offset``). Use with ``DataLoader(dataset, batch_size=None)`` so each item is a
-    whole batch; under DDP, Lightning's predict sampler gives rank ``r`` the items ``r, r + W, ...``,
-    each exactly once.
-
-    Args:
-        triples: ``(n, 3)`` ids.
-        batch_size: rows per item (the last item may be shorter).
-        offset: added to the row positions in ``index``.
-        rows: stream only these rows of ``triples`` (sorted positions, e.g. the candidates of a
-            filter), in batches of ``batch_size``; ``index`` still holds their positions in
-            ``triples`` (plus ``offset``), so results refer to the original rows. None streams all.
-    """
-
-    def __init__(
-        self, triples: Tensor, *, batch_size: int, offset: int = 0, rows: Tensor | None = None
-    ) -> None:
-        if batch_size < 1:
-            raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
-        self.triples = triples
-        self.batch_size = batch_size
-        self.offset = offset
-        self.rows = None if rows is None else rows.detach().to("cpu", torch.long)
-
-    def __len__(self) -> int:
-        size = self.triples.shape[0] if self.rows is None else self.rows.numel()
-        return math.ceil(size / self.batch_size)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"batch {i} out of range: {len(self)} batches")
-        start = i * self.batch_size
-        if self.rows is not None:
-            index = self.rows[start : start + self.batch_size]
-            return {"index": index + self.offset, "triples": self.triples[index]}  # a gather: a copy
-        stop = min(start + self.batch_size, self.triples.shape[0])
-        triples = self.triples[start:stop]  # a view: no copy in the main process
-        if get_worker_info() is not None:
-            # a view sent from a worker would move the whole tensor's storage to shared memory
-            triples = triples.clone()
-        return {"index": torch.arange(start + self.offset, stop + self.offset), "triples": triples}
-
-
-@dataclass(frozen=True)
-class TripleTensors:
-    """Triples given as tensors instead of files (:meth:`TriplesDataModule.from_tensors`/``from_factory``).
-
-    Kept out of the hyperparameters (tensors do not belong in a YAML file); ``hparams.tensors``
-    records :meth:`describe` instead.
-
-    Attributes:
-        train: ``(N, 3)`` training ids.
-        test: ``(T, 3)`` test ids.
-        maps: label maps (None: outputs carry ids).
-        source: where the tensors came from (``train_source`` and ``test_source``).
-    """
-
-    train: Tensor
-    test: Tensor
-    maps: LabelMaps | None = None
-    source: str = "tensors"
-
-    def describe(self) -> str:
-        """One line for the hyperparameters, e.g. ``tensors: train (2, 3), test (1, 3), no maps``."""
-        maps = "no maps" if self.maps is None else "with maps"
-        return f"{self.source}: train {tuple(self.train.shape)}, test {tuple(self.test.shape)}, {maps}"
-
-
-@dataclass(frozen=True)
-class _Sources:
-    """Where ``setup`` reads from: the constructor's file and selection options, checked."""
-
-    dataset: str | None
-    directory: str | None
-    train_path: str | None
-    test_path: str | None
-    entity_to_id: str | None
-    relation_to_id: str | None
-    test_indices: list[int] | None
-    num_test: int | None
-    test_labels: list[list[str]] | None
-    node_names: str | None
-    edge_map: str | None
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """Everything the datamodule read, once (see ``TriplesDataModule._data``)."""
-
-    maps: LabelMaps | None
-    train_triples: Tensor
-    train_source: str
-    test_triples: Tensor
-    test_index: Tensor
-    test_source: str
-    names: Names | None
+__all__ = ["TriplesDataModule"]
 
 
 class TriplesDataModule(L.LightningDataModule):
@@ -218,7 +120,7 @@ class TriplesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         node_names: str | None = None,
         edge_map: str | None = None,
-        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        candidates: CandidateMode = "all",
         hops: int = 1,
         max_path_length: int = 3,
         tensors: TripleTensors | None = None,
@@ -232,10 +134,7 @@ class TriplesDataModule(L.LightningDataModule):
             raise TracInInputError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise TracInInputError(f"num_workers must be 0 or more, got {num_workers}")
-        if candidates not in MODES:
-            raise TracInInputError(f"candidates must be one of {', '.join(MODES)}, got {candidates!r}")
-        _check_radius("neighbourhood", hops)
-        _check_radius("paths", max_path_length)
+        spec = CandidateSpec(mode=candidates, hops=hops, max_path_length=max_path_length)
         given = [
             name
             for name, value in (
@@ -278,7 +177,7 @@ class TriplesDataModule(L.LightningDataModule):
                 test=tensors.test.detach().to("cpu", torch.long),
             )
         self._tensors = tensors
-        self._sources = _Sources(
+        self._sources = TripleSources(
             dataset=dataset,
             directory=directory,
             train_path=train_path,
@@ -293,11 +192,8 @@ class TriplesDataModule(L.LightningDataModule):
         )
         self.batch_size, self.num_workers = batch_size, num_workers
         self.candidates, self.hops, self.max_path_length = candidates, hops, max_path_length
-        self.candidate_filter: CandidateFilter | None = None
-        self.candidate_rows: Tensor | None = None
-        self.candidate_counts: Tensor | None = None
-        self.no_candidates: list[dict[str, Any]] = []
-        self._loaded: _Loaded | None = None
+        self.candidate_set = CandidateSet(spec)
+        self._loaded: LoadedTriples | None = None
 
     @classmethod
     def from_tensors(
@@ -308,7 +204,7 @@ class TriplesDataModule(L.LightningDataModule):
         maps: LabelMaps | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
-        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        candidates: CandidateMode = "all",
         hops: int = 1,
         max_path_length: int = 3,
     ) -> TriplesDataModule:
@@ -359,7 +255,7 @@ class TriplesDataModule(L.LightningDataModule):
         num_test: int | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
-        candidates: Literal["all", "neighbourhood", "paths"] = "all",
+        candidates: CandidateMode = "all",
         hops: int = 1,
         max_path_length: int = 3,
     ) -> TriplesDataModule:
@@ -413,60 +309,10 @@ class TriplesDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------- reading, once
     @property
-    def _data(self) -> _Loaded:
+    def _data(self) -> LoadedTriples:
         if self._loaded is None:
-            self._loaded = self._read()
+            self._loaded = read_sources(self._sources, self._tensors)
         return self._loaded
-
-    def _read(self) -> _Loaded:
-        """Read the sources named in the hyperparameters (the constructor has checked them)."""
-        h = self._sources
-        default_test: Tensor | None = None
-        maps: LabelMaps | None
-        if self._tensors is not None:
-            maps, train, default_test = self._tensors.maps, self._tensors.train, self._tensors.test
-            train_source = test_default_source = self._tensors.source
-        elif h.dataset is not None:
-            training, testing = _load_dataset(h.dataset)
-            maps = LabelMaps.from_factory(training)
-            train, default_test = training.mapped_triples, testing.mapped_triples
-            train_source = f"PyKEEN dataset {h.dataset!r} (training split)"
-            test_default_source = f"PyKEEN dataset {h.dataset!r} (testing split)"
-        elif h.directory is not None:
-            factory, folder = _load_directory(Path(h.directory))
-            maps = LabelMaps.from_factory(factory)
-            train, train_source = factory.mapped_triples, str(folder)
-        else:
-            assert h.train_path is not None and h.entity_to_id is not None and h.relation_to_id is not None
-            maps = LabelMaps.from_files(h.entity_to_id, h.relation_to_id)
-            train, train_source = read_train_triples(h.train_path, maps), str(h.train_path)
-        if train.shape[0] == 0:
-            raise TracInInputError(f"no training triples in {train_source}")
-        test, test_source = read_test_triples(
-            maps,
-            test_labels=h.test_labels,
-            test_path=h.test_path,
-            default=None if default_test is None else (default_test, test_default_source),
-            train_source=train_source,
-        )
-        test_index = select_rows(test.shape[0], h.test_indices, h.num_test, test_source)
-        names = None
-        if h.node_names is not None or h.edge_map is not None:
-            if maps is None:
-                raise TracInInputError("node_names need label maps")
-            names = Names(
-                entities={} if h.node_names is None else read_node_names(h.node_names, maps.entity_to_id),
-                relations={} if h.edge_map is None else read_edge_map(h.edge_map),
-            )
-        return _Loaded(
-            maps=maps,
-            train_triples=train.long(),
-            train_source=train_source,
-            test_triples=test.long()[test_index],
-            test_index=test_index,
-            test_source=test_source,
-            names=names,
-        )
 
     @property
     def maps(self) -> LabelMaps | None:
@@ -531,11 +377,7 @@ class TriplesDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------ candidates
     def candidate_options(self) -> dict[str, Any]:
         """The filter options that decide which rows are streamed and scored (for resume checks)."""
-        if self.candidates == "neighbourhood":
-            return {"candidates": "neighbourhood", "hops": self.hops}
-        if self.candidates == "paths":
-            return {"candidates": "paths", "max_path_length": self.max_path_length}
-        return {"candidates": "all"}
+        return self.candidate_set.spec.options()
 
     def prepare_candidates(self, device: torch.device | str | None = None) -> CandidateFilter | None:
         """Build the candidate filter, its union of rows and its counts (once; ``setup`` calls this).
@@ -547,74 +389,33 @@ class TriplesDataModule(L.LightningDataModule):
         Returns:
             The filter, or None when ``candidates`` is ``all``.
         """
-        if self.candidates == "all" or self.candidate_filter is not None:
-            return self.candidate_filter
-        device = torch.device("cpu") if device is None else torch.device(device)
-        num_entities = self.num_entities
-        if num_entities is None:  # no maps: the ids seen
-            num_entities = 1 + max(
-                int(self.train_triples[:, [0, 2]].max()), int(self.test_triples[:, [0, 2]].max())
-            )
-        train = self.train_triples.to(device)
-        found = build_filter(
-            train,
-            self.test_triples.to(device),
-            num_entities=num_entities,
-            mode=self.candidates,
-            hops=self.hops,
-            max_path_length=self.max_path_length,
+        return self.candidate_set.build(
+            self.train_triples, self.test_triples, test_index=self.test_index, maps=self.maps, device=device
         )
-        counts, rows = count_candidates(found, train)
-        del train
-        if rows.numel() == 0:
-            raise TracInInputError(
-                f"candidates: {self.candidates} ({self._radius_text()}) keeps no training triple for any "
-                f"of the {self.test_triples.shape[0]} test triples: nothing to score"
-            )
-        self.candidate_filter = found
-        self.candidate_rows, self.candidate_counts = rows.cpu(), counts.cpu()
-        self.no_candidates = self._without_candidates(self.candidate_counts)
-        if self.no_candidates:
-            first = self.no_candidates[0]
-            shown = f"{first['test_head']} {first['test_relation']} {first['test_tail']}"
-            more = f" and {len(self.no_candidates) - 1} more" if len(self.no_candidates) > 1 else ""
-            rank_zero_warn(
-                f"candidates: {self.candidates} ({self._radius_text()}) leaves {len(self.no_candidates)} of "
-                f"the {counts.numel()} test triples with no candidate training triple ({shown}"
-                f"{more}): they get no rows in influence_topk.csv; run.json lists them under "
-                "candidates.no_candidates",
-                category=UserWarning,
-            )
-        return found
 
-    def _without_candidates(self, counts: Tensor) -> list[dict[str, Any]]:
-        positions = torch.nonzero(counts == 0).flatten().tolist()
-        triples = self.test_triples[positions]
-        labels = (
-            self.maps.labels(triples)
-            if self.maps is not None
-            else [tuple(str(i) for i in row) for row in triples.tolist()]
-        )
-        index = self.test_index.tolist()
-        return [
-            {"test_index": int(index[t]), "test_head": h, "test_relation": r, "test_tail": tl}
-            for t, (h, r, tl) in zip(positions, labels)
-        ]
+    @property
+    def candidate_filter(self) -> CandidateFilter | None:
+        """The candidate filter once :meth:`prepare_candidates` ran; None without filtering."""
+        return self.candidate_set.filter
 
-    def _radius_text(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.candidate_options().items() if k != "candidates")
+    @property
+    def candidate_rows(self) -> Tensor | None:
+        """``(K,)`` sorted training rows streamed (the union of candidates), or None."""
+        return self.candidate_set.rows
+
+    @property
+    def candidate_counts(self) -> Tensor | None:
+        """``(T,)`` candidates per test triple, or None."""
+        return self.candidate_set.counts
+
+    @property
+    def no_candidates(self) -> list[dict[str, Any]]:
+        """The test triples the filter leaves with no candidate (empty without filtering)."""
+        return self.candidate_set.no_candidates
 
     def candidate_info(self) -> dict[str, Any]:
         """Filter options and counts for ``run.json``: kept triples per test triple and their union."""
-        info: dict[str, Any] = self.candidate_options()
-        info["num_train"] = int(self.train_triples.shape[0])
-        if self.candidate_rows is None or self.candidate_counts is None:
-            return info
-        info["union"] = int(self.candidate_rows.numel())
-        info["union_fraction"] = round(info["union"] / max(1, info["num_train"]), 6)
-        info["per_test"] = [int(c) for c in self.candidate_counts.tolist()]
-        info["no_candidates"] = self.no_candidates
-        return info
+        return self.candidate_set.info(int(self.train_triples.shape[0]))
 
     # ------------------------------------------------------------------------------------ Lightning
     @override
@@ -644,52 +445,3 @@ class TriplesDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=None, shuffle=False, num_workers=self.num_workers, pin_memory=False
         )
-
-
-def _check_radius(mode: Literal["neighbourhood", "paths"], radius: int) -> None:
-    """The engine's radius rule, applied when the options are given rather than when the filter is built.
-
-    The rule lives in :func:`~tracin_lightning.engine.candidates.build_filter`; building over an
-    empty graph costs nothing and raises the engine's own ``ValueError`` for a bad radius.
-    """
-    empty = torch.zeros(0, 3, dtype=torch.long)
-    key = "hops" if mode == "neighbourhood" else "max_path_length"
-    try:
-        build_filter(empty, empty, num_entities=0, mode=mode, **{key: radius})
-    except ValueError as error:
-        raise TracInInputError(str(error)) from None
-
-
-def _load_dataset(name: str) -> tuple[Any, Any]:
-    """Training and testing factories of a PyKEEN dataset."""
-    from pykeen.datasets import get_dataset
-
-    from ..datasets import get_dataset as get_shipped
-    from ..datasets import is_local_dataset
-
-    try:  # the shipped FB15k-237 / WN18RR first: PyKEEN's own classes of those names download
-        loaded = get_shipped(name) if is_local_dataset(name) else get_dataset(dataset=name)
-    except Exception as error:  # unknown name, failed download, ...: name what was asked for
-        raise TracInInputError(f"cannot load PyKEEN dataset {name!r}: {error}") from error
-    return loaded.training, loaded.testing
-
-
-def _load_directory(directory: Path) -> tuple[Any, Path]:
-    """The training factory of a ``save_to_directory`` folder, and the folder it was read from."""
-    from pykeen.triples import TriplesFactory
-
-    if not directory.is_dir():
-        raise TracInInputError(f"directory not found: {directory}")
-    folder = directory / "training_triples"
-    if not (folder / "base.pth").is_file():
-        if not (directory / "base.pth").is_file():
-            raise TracInInputError(
-                f"{directory} has no training_triples/base.pth: expected a folder written by PyKEEN's "
-                "save_to_directory (or TriplesFactory.to_path_binary)"
-            )
-        folder = directory
-    try:
-        factory = TriplesFactory.from_path_binary(folder)
-    except Exception as error:  # missing map file, corrupt archive: name the folder
-        raise TracInInputError(f"cannot read the PyKEEN triples in {folder}: {error}") from error
-    return factory, folder
