@@ -78,10 +78,18 @@ def _dot(x: Tensor, t: Tensor) -> Tensor:
     1-N scoring gives ``x`` of shape ``(*b, 1, d)`` and ``t`` of shape ``(1, ..., 1, n, d)``: then the
     scores are ``x @ t^T``, written as ``matmul`` of a 2-d table so that under ``vmap`` (the engine)
     the batch folds into the rows of one matrix product instead of one matrix-vector product per
-    sample. Any other shapes go through ``einsum``.
+    sample. Equal shapes (one tail per row) keep PyKEEN's multiply and sum, which beats a batched
+    product of 1-row matrices; other shapes go through ``einsum``.
     """
-    if x.dim() >= t.dim() >= 2 and x.shape[-2] == 1 and math.prod(t.shape[:-2]) == 1:
+    if (
+        t.dim() >= 2
+        and x.dim() >= t.dim()
+        and x.shape[-2] == 1 < t.shape[-2]
+        and math.prod(t.shape[:-2]) == 1
+    ):
         return torch.matmul(x.squeeze(-2), t.reshape(t.shape[-2], t.shape[-1]).transpose(0, 1))
+    if x.shape == t.shape:
+        return (x * t).sum(-1)
     return torch.einsum("...d,...d->...", x, t)
 
 
