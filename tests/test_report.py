@@ -457,6 +457,11 @@ def test_views_side_by_side_with_paths_named_on_every_node(runs: Runs, tmp_path:
     for evidence in paths:  # every node of every path is named on the page
         for node in evidence.entities:
             assert markup.escape(names.get(entity[node], entity[node])) in page
+    overview = index.read_text()
+    assert "<th>top path</th>" in overview
+    best = paths[0]  # the index shows the strongest path with the relation of its first fact
+    first_relation = relation[int(train[best.train_rows[0], 1])]
+    assert '<span class="rel">' in overview and markup.escape(first_relation) in overview
     picture = index.parent / "img" / f"{cases[first].page.removesuffix('.html')}-paths.png"
     assert picture.stat().st_size > 5_000
     assert "-paths.png" in page

@@ -101,11 +101,17 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
         (build / "img").mkdir()
         (build / MARKER).write_text("made by tracin-lightning report\n")
         if mode == "influence":
-            index = html.index_influence_page(info, folder, cases, with_matrix=matrix is not None)
+            top_paths = None
+            if views:
+                from .views import top_path_text
+
+                top_paths = {case.position: top_path_text(views.get(_key(case))) for case in cases}
+            index = html.index_influence_page(
+                info, folder, cases, with_matrix=matrix is not None, top_paths=top_paths
+            )
             for case in cases:
                 row = None if matrix is None else np.asarray(matrix[case.position], dtype=np.float64)
-                key = (case.test_index, case.triple.head, case.triple.relation, case.triple.tail)
-                _write_case(build, case, info, row, views.get(key))
+                _write_case(build, case, info, row, views.get(_key(case)))
         else:
             charts.draw_self_histogram(selfinf, build / "img" / "self-influence.png")
             index = html.index_self_page(info, folder, selfinf)
@@ -146,6 +152,11 @@ def _write_case(
             draw_paths(paths, views.triple.head, build / picture)
         section = views_section(views, paths_image=picture)
     (build / case.page).write_text(html.case_page(case, info, images, section), encoding="utf-8")
+
+
+def _key(case: Case) -> tuple[int, str, str, str]:
+    """How ``explanations.csv`` names a test triple."""
+    return case.test_index, case.triple.head, case.triple.relation, case.triple.tail
 
 
 def _is_replaceable(path: Path) -> bool:

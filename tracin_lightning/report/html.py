@@ -122,12 +122,19 @@ def _strongest(entries: Sequence[Influence]) -> str:
 
 
 def index_influence_page(
-    info: Mapping[str, Any], folder: Path, cases: Sequence[Case], *, with_matrix: bool
+    info: Mapping[str, Any],
+    folder: Path,
+    cases: Sequence[Case],
+    *,
+    with_matrix: bool,
+    top_paths: Mapping[int, str] | None = None,
 ) -> str:
+    """The index of an influence run; ``top_paths`` (HTML by case position) adds a column of paths."""
     rows = "".join(
         f'<tr><td class="num">{case.position + 1}</td><td class="num">{case.test_index}</td>'
         f"{triple_cells(case.triple)}{_strongest(case.proponents)}{_strongest(case.opponents)}"
-        f'<td><a href="{case.page}">details</a></td></tr>\n'
+        + (f"<td>{top_paths.get(case.position, '')}</td>" if top_paths is not None else "")
+        + f'<td><a href="{case.page}">details</a></td></tr>\n'
         for case in cases
     )
     matrix_note = (
@@ -143,7 +150,9 @@ def index_influence_page(
         f"{_facts(info, folder)}"
         f"<h2>Test triples ({len(cases)})</h2>\n"
         '<table id="tests">\n<thead><tr><th>#</th><th>test index</th><th>head</th><th>relation</th>'
-        "<th>tail</th><th>strongest proponent</th><th>strongest opponent</th><th></th></tr></thead>\n"
+        "<th>tail</th><th>strongest proponent</th><th>strongest opponent</th>"
+        + ("<th>top path</th>" if top_paths is not None else "")
+        + "<th></th></tr></thead>\n"
         f"<tbody>\n{rows}</tbody>\n</table>\n"
     )
     return page("TracIn influence report", body)

@@ -37,6 +37,7 @@ __all__ = [
     "ViewCase",
     "explanation_rows",
     "read_explanations",
+    "top_path_text",
     "views_section",
     "write_explanations",
 ]
@@ -250,6 +251,22 @@ def _path_text(evidence: EvidenceShown, head: str) -> str:
         arrow = f" —{relation}→ " if forward else f" ←{relation}— "
         parts.append(f'<span class="rel">{arrow}</span><span class="name">{_e(name)}</span>')
     return "".join(parts)
+
+
+def top_path_text(case: ViewCase | None) -> str:
+    """HTML of a test triple's strongest path (names and relations), or ``""`` when it has none.
+
+    Example:
+        >>> t = Triple("a", "binds", "b", "A", "binds", "B")
+        >>> case = ViewCase(0, Triple("a", "treats", "b", "A", "treats", "B"))
+        >>> case.evidence.append(EvidenceShown("paths", "proponent", 1, 0.5, [Step(0, t, 0.5)]))
+        >>> top_path_text(case)
+        '<span class="name">A</span><span class="rel"> —binds→ </span><span class="name">B</span>'
+    """
+    if case is None:
+        return ""
+    paths = case.of("paths", "proponent")
+    return _path_text(paths[0], case.triple.head) if paths else ""
 
 
 def _number_text(value: float) -> str:
