@@ -170,7 +170,7 @@ def test_variants_differ_from_plain_tracin(trained, variant: str) -> None:
     assert not torch.allclose(plain, other, rtol=1e-3, atol=0)
 
 
-def test_no_variant_is_plain_tracin_bit_for_bit(trained) -> None:
+def test_no_variant_equals_tracin_by_name(trained) -> None:
     """``variant=None`` takes the original code path; ``tracin`` by name gives the same numbers."""
     run = trained("ConvE", True)
     test = held_out()
