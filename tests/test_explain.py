@@ -16,6 +16,7 @@ import tracin_lightning as tl
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.functional import prepare
 from tracin_lightning.inputs.manifest import read_manifest
+from tracin_lightning.views import PathsView
 
 PREDICTIONS = [("uk", "intergovorgs", "usa"), ("usa", "treaties", "uk"), ("china", "embassy", "burma")]
 
@@ -68,7 +69,7 @@ def _reference(result, test_labels, loss: str) -> torch.Tensor:
 
 
 def test_a_pipeline_result_gives_labelled_rows_with_exact_scores(result) -> None:
-    table = tl.explain(result, PREDICTIONS, top_k=4, opponents=True)
+    table = tl.explain(result, PREDICTIONS, view="all", top_k=4, opponents=True)
     assert table.attrs["loss"] == "score"  # DistMult's pipeline default is MarginRankingLoss
     assert [c["epoch"] for c in table.attrs["checkpoints"]] == [2, 4]  # found through the callback
     assert len(table) == len(PREDICTIONS) * 4 * 2
@@ -90,6 +91,41 @@ def test_a_pipeline_result_gives_labelled_rows_with_exact_scores(result) -> None
             assert float((got - expected).abs().max()) <= 1e-5 * scale, (t, kind)
             rows = torch.tensor(part["train_row"].tolist())
             assert float((reference[t, rows] - got).abs().max()) <= 1e-5 * scale  # each row's own score
+
+
+def test_the_default_view_ranks_supporting_facts_exactly(result) -> None:
+    table = tl.explain(result, PREDICTIONS, top_k=3)
+    assert table.attrs["views"] == ["supporting"] and set(table.view) == {"supporting"}
+    factory = result.training
+    train = factory.mapped_triples
+    reference = _reference(result, PREDICTIONS, "score")
+    for t, (h, r, tail) in enumerate(PREDICTIONS):
+        h, r, tail = factory.entity_to_id[h], factory.relation_to_id[r], factory.entity_to_id[tail]
+        touches = (train[:, 0] == h) | (train[:, 2] == h) | (train[:, 0] == tail) | (train[:, 2] == tail)
+        allowed = torch.nonzero(touches & (train[:, 1] != r)).flatten()  # other relations, at h or t
+        expected = allowed[reference[t, allowed].argsort(descending=True, stable=True)[:3]]  # ties: lower row
+        part = table[table.test_index == t].sort_values("rank")
+        assert part["train_row"].tolist() == expected.tolist()
+        assert (part["step"] == 1).all() and (part["score"] == part["edge_score"]).all()
+
+
+def test_views_side_by_side_and_paths_by_step(result) -> None:
+    table = tl.explain(result, PREDICTIONS[:1], view=["analogies", PathsView(max_length=2)], top_k=60)
+    assert set(table.view) == {"analogies", "paths"}
+    assert table[table.view == "paths"].step.max() == 2  # two-fact paths among the top 60, a row per fact
+    with pytest.raises(
+        TracInInputError, match=r"paths of at most 3 edges join .* lower the paths view's max_length"
+    ):
+        tl.explain(result, PREDICTIONS[:1], view="paths")  # Nations is dense: too many paths
+    factory = result.training
+    uk, usa = factory.entity_to_id["uk"], factory.entity_to_id["usa"]
+    intergovorgs = factory.relation_to_id["intergovorgs"]
+    assert all(ids[1] == intergovorgs for ids in table[table.view == "analogies"].train_ids)
+    for _, path in table[table.view == "paths"].groupby("rank"):
+        steps = path.sort_values("step")
+        ends = [set((ids[0], ids[2])) for ids in steps.train_ids]
+        assert uk in ends[0] and usa in ends[-1]  # from the head to the tail, fact by fact
+        assert (uk, intergovorgs, usa) not in list(steps.train_ids)  # never the prediction itself
 
 
 def test_labels_ids_and_a_factory_give_the_same_table(result) -> None:
@@ -145,7 +181,7 @@ def test_a_loss_other_than_the_training_loss_warns_naming_both(result) -> None:
         assert tl.explain(result, PREDICTIONS[:1], top_k=2, loss=result.model.loss).attrs["loss"] == "score"
 
 
-def test_a_prediction_left_without_candidates_is_reported(result) -> None:
+def test_a_prediction_a_view_leaves_without_evidence_is_reported(result) -> None:
     full = result.training
     factory = TriplesFactory(  # a sparser graph over the same ids, so some pairs share no edge
         mapped_triples=full.mapped_triples[::8],
@@ -166,13 +202,11 @@ def test_a_prediction_left_without_candidates_is_reported(result) -> None:
         (entities[linked[0]], "treaties", entities[linked[2]]),
         (entities[lonely[0]], "treaties", entities[lonely[1]]),
     ]
-    table = tl.explain(
-        result.model, predictions, training=factory, top_k=3, candidates="paths", max_path_length=1
-    )
-    assert table.attrs["no_candidates"] == [1]
-    assert set(table.test_index) == {0}
-    for ids in table.train_ids:  # paths of length 1: the direct edges between head and tail only
-        assert {ids[0], ids[2]} == {linked[0], linked[2]}
+    table = tl.explain(result.model, predictions, training=factory, top_k=3, view="supporting")
+    assert table.attrs["no_evidence"] == {"supporting": []}
+    paths = tl.explain(result.model, predictions, training=factory, top_k=3, view=PathsView(max_length=1))
+    assert 1 in paths.attrs["no_evidence"]["paths"]
+    assert 1 not in set(paths.test_index)
 
 
 def test_names_are_added_for_every_label(result) -> None:
@@ -184,6 +218,7 @@ def test_names_are_added_for_every_label(result) -> None:
 def test_the_models_own_rank_of_each_prediction(result) -> None:
     table = tl.explain(result, PREDICTIONS, top_k=1)
     factory, model = result.training, result.model
+    known = factory.mapped_triples
     for row in table.itertuples():
         h, r, t = (factory.entity_to_id[row.test_head], factory.relation_to_id[row.test_relation],
                    factory.entity_to_id[row.test_tail])  # fmt: skip
@@ -191,17 +226,18 @@ def test_the_models_own_rank_of_each_prediction(result) -> None:
             scores = model.score_hrt(torch.tensor([[h, r, e] for e in range(factory.num_entities)])).squeeze(
                 1
             )  # every tail scored one triple at a time, as a check of the 1-N path
+        others = {int(x) for x in known[(known[:, 0] == h) & (known[:, 1] == r), 2]} - {t}
+        keep = [e for e in range(factory.num_entities) if e != t and e not in others]
+        greater = sum(int(scores[e] > scores[t]) for e in keep)
+        equal = sum(int(scores[e] == scores[t]) for e in keep)
         assert row.prediction_score == pytest.approx(float(scores[t]), rel=1e-5, abs=1e-6)
-        assert row.prediction_rank == 1 + int((scores > scores[t]).sum())
+        assert row.prediction_rank == 1 + greater + equal / 2  # filtered, ties counted half
 
 
-def test_the_models_own_rank_with_inverse_triples(trained) -> None:
+def test_the_models_own_scores_with_inverse_triples(trained) -> None:
     run = trained("ConvE", True)
-    prepared = prepare(run.model)
-    found = prepared.tail_ranks(run.test)
+    found = prepare(run.model).tail_scores(run.test)
     assert found is not None
     with torch.no_grad():
         expected = run.model.predict_t(run.test[:, :2])  # PyKEEN's own 1-N prediction, ids mapped by it
-    true = expected.gather(1, run.test[:, 2:3]).squeeze(1)
-    torch.testing.assert_close(found[0], true, rtol=1e-5, atol=1e-6)
-    assert found[1].tolist() == (1 + (expected > true.unsqueeze(1)).sum(1)).tolist()
+    torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-6)

@@ -12,20 +12,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .engine.candidates import build_filter
+from .engine.variants import VariantHint
 from .errors import TracInInputError
-from .functional import CheckpointArg, LossArg, prepare, top_influence
+from .functional import CheckpointArg, LossArg, TracInRun, influence_matrix, prepare, top_influence
 from .inputs.checkpoint_files import load_model
 from .inputs.manifest import recorded_manifest
 from .inputs.maps import LabelMaps
+from .views import (
+    Evidence,
+    ExplanationView,
+    TooManyPathsError,
+    ViewHint,
+    explain_with_views,
+    resolve_view,
+    tail_ranks,
+)
 
-__all__ = ["COLUMNS", "explain"]
+__all__ = ["COLUMNS", "DEFAULT_VIEW", "explain"]
 
 #: The columns of :func:`explain`'s table, in order (``*_name`` columns follow when names are given).
 COLUMNS = (
@@ -35,18 +44,22 @@ COLUMNS = (
     "test_tail",
     "prediction_score",
     "prediction_rank",
+    "view",
     "kind",
     "rank",
     "score",
+    "step",
     "train_head",
     "train_relation",
     "train_tail",
     "train_row",
+    "edge_score",
     "test_ids",
     "train_ids",
 )
 
-Candidates = Literal["all", "neighbourhood", "paths"]
+#: The view :func:`explain` uses when none is named (chosen on DrugMechDB's validation indications).
+DEFAULT_VIEW = "supporting"
 
 
 def _is_pipeline_result(source: object) -> bool:
@@ -115,6 +128,8 @@ def explain(
     triples: Sequence[Sequence[str]] | Sequence[Sequence[int]] | Tensor | Any,
     *,
     training: Any = None,
+    view: ViewHint | Sequence[ViewHint] = DEFAULT_VIEW,
+    variant: VariantHint = None,
     top_k: int = 10,
     opponents: bool = False,
     checkpoints: Sequence[CheckpointArg] | str | Path | None = None,
@@ -122,15 +137,12 @@ def explain(
     learning_rate: float = 1.0,
     loss: LossArg = None,
     params: Sequence[str] | None = None,
-    candidates: Candidates = "all",
-    hops: int = 1,
-    max_path_length: int = 3,
     names: Mapping[str, str] | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     precision: str | None = None,
 ) -> pd.DataFrame:
-    """The training triples that most influenced each prediction, as a labelled table.
+    """The training facts that most influenced each prediction, as a labelled table.
 
     Args:
         source: a PyKEEN ``PipelineResult``, or a PyKEEN model (then give ``training``), or a
@@ -139,7 +151,15 @@ def explain(
             (``[(0, 3, 7)]`` or an ``(n, 3)`` tensor), or a ``TriplesFactory`` with the training ids.
         training: the training triples: a ``TriplesFactory`` (or an ``(N, 3)`` id tensor, then labels
             are not known). Default: the pipeline result's training factory.
-        top_k: training triples per prediction.
+        view: which facts may explain a prediction and how they are ranked
+            (:mod:`~tracin_lightning.views`): ``supporting`` (default: facts of other relations that
+            touch the head or tail, the view that recovered curated drug mechanisms best on held-out
+            indications, see the explanation-views guide), ``analogies`` (facts of the same
+            relation), ``paths`` (head-to-tail paths ranked by their facts' influence), ``all``
+            (plain TracIn over every training fact), a view object, or a list of views side by side.
+        variant: the influence score: ``tracin`` (None, the default), ``cosine``, ``relatif``,
+            ``adam`` or ``head-local`` (:mod:`~tracin_lightning.engine.variants`).
+        top_k: facts (or paths) per prediction, view and kind.
         opponents: also list the ``top_k`` strongest opponents (most negative influence).
         checkpoints: TracInCP checkpoints (files, state dicts, a manifest or its folder). Default: those
             :class:`~tracin_lightning.PyKEENTracInCallback` recorded for this model in this process,
@@ -148,23 +168,21 @@ def explain(
         learning_rate: the learning rate of the model's own weights when there are no checkpoints.
         loss: None (default): the loss the model was trained with; or ``bce``, ``score``, ``ce``.
         params: fnmatch patterns of the parameters to differentiate (None: all trainable).
-        candidates: ``all`` training triples, or only those in the prediction's ``neighbourhood``
-            (``hops``) or on its head-to-tail ``paths`` (``max_path_length``) in the training graph.
-        hops: the neighbourhood's radius.
-        max_path_length: the longest head-to-tail path in ``paths`` mode.
         names: readable names by entity or relation label, added as ``*_name`` columns.
         batch_size: training triples per step (None: by loss).
         device: where to compute (None: the model's device).
         precision: ``32-true`` (default), ``bf16-mixed`` or ``16-mixed``.
 
     Returns:
-        One row per (prediction, influential training triple): the columns of :data:`COLUMNS` (and
-        ``*_name`` columns with ``names``). ``prediction_score`` and ``prediction_rank`` are the
-        model's own score of the prediction and the rank of its tail among all entities (unfiltered;
-        -1 for a model that cannot score all tails). ``kind`` is ``proponent`` (rank 1 = most
-        supportive) or ``opponent``. A prediction left without candidates by the filter gets no
-        rows; the table's ``attrs`` say which (``no_candidates``), and which loss, checkpoints and
-        model were used.
+        One row per (prediction, view, kind, rank, step): the columns of :data:`COLUMNS` (and
+        ``*_name`` columns with ``names``). A fact has one row (``step`` 1); a path has one row per
+        fact, from the head to the tail, all with the path's ``rank`` and ``score`` and each with its
+        own ``edge_score``. ``prediction_score`` and ``prediction_rank`` are the model's own score of
+        the prediction and the filtered rank of its tail among all entities (other training tails of
+        the same head and relation left out, ties counted half; NaN for a model that cannot score all
+        tails). ``kind`` is ``proponent`` (rank 1 = most supportive) or ``opponent``. The table's
+        ``attrs`` record the model, loss, variant, views and checkpoints, and the predictions a view
+        left without any fact (``no_evidence``).
 
     Example:
         >>> from pykeen.datasets import Nations
@@ -172,10 +190,10 @@ def explain(
         >>> dataset = Nations()
         >>> model = DistMult(triples_factory=dataset.training, embedding_dim=8, random_seed=0)
         >>> table = explain(model, [("uk", "intergovorgs", "usa")], training=dataset.training, top_k=2)
-        >>> table[["test_head", "rank", "train_head", "train_relation", "train_tail"]].shape
+        >>> table[["view", "rank", "train_head", "train_relation", "train_tail"]].shape
         (2, 5)
-        >>> table.attrs["loss"]
-        'score'
+        >>> table.attrs["loss"], table.attrs["views"]
+        ('score', ['supporting'])
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise TracInInputError(f"top_k must be a positive integer, got {top_k!r}")
@@ -184,42 +202,46 @@ def explain(
     test = _test_triples(triples, maps)
     if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:
         raise TracInInputError(f"triples must be one or more (head, relation, tail), got {tuple(test.shape)}")
-    chosen = _checkpoints(model, checkpoints)
+    views = _views(view)
     run = prepare(
         model,
-        checkpoints=chosen,
+        checkpoints=_checkpoints(model, checkpoints),
         learning_rates=learning_rates,
         learning_rate=learning_rate,
         loss=loss,
         params=params,
         device=device,
         precision=precision,
+        variant=variant,
     )
-    found = None
-    if candidates != "all":
-        num_entities = int(getattr(model, "num_entities", int(torch.cat([train, test])[:, [0, 2]].max()) + 1))
-        found = build_filter(
-            train,
-            test,
-            num_entities=num_entities,
-            mode=candidates,
-            hops=hops,
-            max_path_length=max_path_length,
-        )
-    k = min(top_k, int(train.shape[0]))
-    top = top_influence(run, train, test, top_k=k, batch_size=batch_size, candidates=found)
-    ranked = run.tail_ranks(test)
-    records = []
-    empty = []
-    for t in range(test.shape[0]):
-        prediction = (math.nan, -1) if ranked is None else (float(ranked[0][t]), int(ranked[1][t]))
-        proponents, against = top.entries(t)
-        if not proponents:
-            empty.append(t)
-        listed = [("proponent", proponents)] + ([("opponent", against)] if opponents else [])
-        for kind, entries in listed:
-            for rank, (score, row) in enumerate(entries, start=1):
-                records.append(_record(t, test[t], prediction, kind, rank, score, row, train[row], maps))
+    num_entities = int(getattr(model, "num_entities", 0)) or _ids_seen(train, test)
+    if [v.name for v in views] == ["all"]:
+        evidence = _all_view(run, train, test, top_k=top_k, batch_size=batch_size)  # streamed: no (T, N)
+    else:
+        try:
+            evidence = explain_with_views(
+                views,
+                train_triples=train,
+                test_triples=test,
+                top_k=top_k,
+                score_fn=lambda subset: influence_matrix(run, subset, test, batch_size=batch_size),
+                num_entities=num_entities,
+            )
+        except TooManyPathsError as error:
+            raise TracInInputError(f"{error}: lower the paths view's max_length") from None
+    if not opponents:
+        evidence = [e for e in evidence if e.kind == "proponent"]
+    scores = run.tail_scores(test)
+    ranks, own = (
+        (torch.full((test.shape[0],), math.nan), torch.full((test.shape[0],), math.nan))
+        if scores is None
+        else tail_ranks(scores, test, known=train)
+    )
+    records = [
+        _record(e, step, test, train, maps, float(own[e.test_index]), float(ranks[e.test_index]))
+        for e in evidence
+        for step in range(e.length)
+    ]
     table = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     if names is not None:
         for column in (
@@ -231,46 +253,76 @@ def explain(
             "train_tail",
         ):
             table[f"{column}_name"] = [names.get(str(label), str(label)) for label in table[column]]
+    found = {(e.view, e.test_index) for e in evidence if e.kind == "proponent"}
     table.attrs.update(
         model=type(run.model).__name__,
         loss=run.loss,
+        variant="tracin" if run.variant is None else run.variant.name,
+        views=[v.name for v in views],
         checkpoints=[
             {"name": c.name, "learning_rate": c.learning_rate, "epoch": c.epoch} for c in run.checkpoints
         ],
-        candidates=candidates if found is None else found.options,
-        no_candidates=empty,
+        no_evidence={v.name: [t for t in range(test.shape[0]) if (v.name, t) not in found] for v in views},
     )
     return table
 
 
+def _views(view: ViewHint | Sequence[ViewHint]) -> list[ExplanationView]:
+    listed: list[ViewHint] = list(view) if isinstance(view, (list, tuple)) else [view]  # type: ignore[list-item]
+    try:
+        return [resolve_view(v) for v in listed]
+    except (KeyError, ValueError, TypeError) as error:
+        raise TracInInputError(f"view: {error}") from None
+
+
+def _ids_seen(train: Tensor, test: Tensor) -> int:
+    return 1 + max(int(train[:, [0, 2]].max()), int(test[:, [0, 2]].max()))
+
+
+def _all_view(
+    run: TracInRun, train: Tensor, test: Tensor, *, top_k: int, batch_size: int | None
+) -> list[Evidence]:
+    """The ``all`` view from a streamed top-k, so no ``(T, N)`` matrix is held for a large graph."""
+    top = top_influence(run, train, test, top_k=min(top_k, int(train.shape[0])), batch_size=batch_size)
+    out = []
+    for t in range(test.shape[0]):
+        for kind, entries in zip(("proponent", "opponent"), top.entries(t)):
+            for rank, (score, row) in enumerate(entries, start=1):
+                h, _, tail = train[row].tolist()
+                out.append(Evidence(t, "all", kind, rank, score, (row,), (h, tail), (score,)))  # type: ignore[arg-type]
+    return out
+
+
 def _record(
-    t: int,
+    evidence: Evidence,
+    step: int,
     test: Tensor,
-    prediction: tuple[float, int],
-    kind: str,
-    rank: int,
-    score: float,
-    row: int,
     train: Tensor,
     maps: LabelMaps | None,
+    prediction_score: float,
+    prediction_rank: float,
 ) -> dict[str, Any]:
-    test_ids, train_ids = tuple(test.tolist()), tuple(train.tolist())
-    test_labels = _labels(test_ids, maps)
-    train_labels = _labels(train_ids, maps)
+    test_ids = tuple(test[evidence.test_index].tolist())
+    row = evidence.train_rows[step]
+    train_ids = tuple(train[row].tolist())
+    test_labels, train_labels = _labels(test_ids, maps), _labels(train_ids, maps)
     return {
-        "test_index": t,
+        "test_index": evidence.test_index,
         "test_head": test_labels[0],
         "test_relation": test_labels[1],
         "test_tail": test_labels[2],
-        "prediction_score": prediction[0],
-        "prediction_rank": prediction[1],
-        "kind": kind,
-        "rank": rank,
-        "score": score,
+        "prediction_score": prediction_score,
+        "prediction_rank": prediction_rank,
+        "view": evidence.view,
+        "kind": evidence.kind,
+        "rank": evidence.rank,
+        "score": evidence.score,
+        "step": step + 1,
         "train_head": train_labels[0],
         "train_relation": train_labels[1],
         "train_tail": train_labels[2],
         "train_row": int(row),
+        "edge_score": evidence.edge_scores[step],
         "test_ids": test_ids,
         "train_ids": train_ids,
     }

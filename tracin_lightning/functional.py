@@ -57,6 +57,7 @@ __all__ = [
     "compute_self_influence",
     "compute_top_influence",
     "default_batch_size",
+    "influence_matrix",
     "prepare",
     "resolve_run_loss",
     "score_batch",
@@ -178,11 +179,11 @@ class TracInRun:
         except NonFiniteGradientError as error:
             raise self.non_finite(error, test_triples, _rows(test_triples), "test") from None
 
-    def tail_ranks(self, triples: Tensor) -> tuple[Tensor, Tensor] | None:
-        """The model's own score of each ``(h, r, t)`` and the rank of ``t`` among all tails (1 = best).
+    def tail_scores(self, triples: Tensor) -> Tensor | None:
+        """The model's scores of ``(h, r, e)`` for every entity ``e``, ``(T, num_entities)`` on the CPU.
 
-        Unfiltered (other true tails count), ties counted in the triple's favour, at the model's
-        current weights in eval mode. None for a model that cannot score all tails.
+        At the model's current weights, in eval mode (modes put back after), ids mapped for a model
+        trained with inverse triples. None for a model that cannot score all tails.
         """
         adapter = resolve_adapter(self.model)
         if not adapter.can_score_tails(self.model):
@@ -194,12 +195,10 @@ class TracInRun:
         self.model.eval()
         try:
             with torch.no_grad():
-                scores = adapter.score_t(self.model, hrt[:, :2]).float()
+                return adapter.score_t(self.model, hrt[:, :2]).float().cpu()
         finally:
             for module, training in modes:
                 module.training = training
-        true = scores.gather(1, hrt[:, 2:3])
-        return true.squeeze(1).cpu(), (1 + (scores > true).sum(dim=1)).cpu()
 
     def non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str
@@ -484,6 +483,18 @@ def compute_influence(
         precision=precision,
         variant=variant,
     )
+    return influence_matrix(run, train_triples, test_triples, batch_size=batch_size, candidates=candidates)
+
+
+def influence_matrix(
+    run: TracInRun,
+    train_triples: Tensor,
+    test_triples: Tensor,
+    *,
+    batch_size: int | None = None,
+    candidates: CandidateFilter | None = None,
+) -> Tensor:
+    """:func:`compute_influence` on a run made by :func:`prepare` (its checkpoints loaded once)."""
     out = torch.zeros(test_triples.shape[0], train_triples.shape[0], dtype=torch.float32)
     for scores, index, _ in _stream(
         run, train_triples, test_triples, batch_size=batch_size, candidates=candidates
