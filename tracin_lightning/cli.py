@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -15,8 +14,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from .arguments import ArgumentParser
 from .errors import TracInInputError
 
 if TYPE_CHECKING:  # imported on first use (see __getattr__): only predict needs Lightning
@@ -26,7 +26,6 @@ __all__ = [
     "DEBUG_ENV",
     "SUBCOMMANDS",
     "TRAINER_DEFAULTS",
-    "ArgumentParser",
     "Subcommand",
     "TracInCLI",
     "WriterConfigCallback",
@@ -35,17 +34,6 @@ __all__ = [
 
 #: Set to 1 (or pass ``--debug``) for the full traceback instead of the one-line ``error:`` message.
 DEBUG_ENV = "TRACIN_LIGHTNING_DEBUG"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """The small subcommands' parser: an argument error is one line ``error: ...`` and status 2.
-
-    The usage is what ``--help`` is for; an error names the command so that the line stands alone.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        """Raise the error as bad input (``main`` prints it as one line; from Python it propagates)."""
-        raise TracInInputError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 #: Messages of other packages that say nothing to a user of this command line, filtered while it runs

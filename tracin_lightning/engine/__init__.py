@@ -9,5 +9,6 @@
 - ``batchnorm``: the engine's shallow copy of the module tree, with eval BatchNorm as an affine map.
 - ``gradients``: ``PerSampleGradients``, vmap(grad) over the probes and assembly of the reduced form.
 - ``structure``: the reduced per-sample gradients and their exact inner products.
-- ``influence``: TracInCP over checkpoints; ``topk``: streaming top-k; ``candidates``: graph filters.
+- ``states``: a checkpoint as the engine sees it; ``influence``: TracInCP over checkpoints; ``variants``:
+  scoring variants; ``topk``: streaming top-k; ``candidates``: graph filters.
 """

@@ -6,14 +6,13 @@ as ``cosine`` or an instance); None is plain TracInCP, computed exactly as witho
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .gradients import PerSampleGradients
+from .states import CheckpointState
 from .structure import SampleGradients, pairwise_dot, self_dot
 from .variants import InfluenceVariant, VariantContext, VariantHint, resolve_variant
 
@@ -24,24 +23,6 @@ __all__ = [
     "batch_self_influence",
     "test_gradients",
 ]
-
-
-@dataclass
-class CheckpointState:
-    """Model tensors (parameters and buffers by name) at one checkpoint, with its learning rate.
-
-    Attributes:
-        state: parameter and buffer tensors by name.
-        learning_rate: the learning rate of the steps this checkpoint stands for.
-        exp_avg_sq: the optimizer's second moment (Adam's ``v``, bias-corrected) by parameter name,
-            for the ``adam`` variant; None when the checkpoint was saved without it.
-    """
-
-    state: Mapping[str, Tensor]
-    learning_rate: float
-    exp_avg_sq: Mapping[str, Tensor] | None = None
-    #: what variants derive from this checkpoint once (e.g. Adam's dense preconditioner), by key
-    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 class NonFiniteGradientError(ValueError):

@@ -50,8 +50,8 @@ from .structure import (
 
 if TYPE_CHECKING:
     from .gradients import PerSampleGradients
-    from .influence import CheckpointState
     from .plan import GradientPlan
+    from .states import CheckpointState
 
 __all__ = [
     "AdamVariant",

@@ -66,7 +66,7 @@ def explain(args: list[str]) -> None:
     then the rows as tab-separated values to stdout, and writes them to ``--output``. Bad input (an
     unknown label, ``--top`` below 1, a ``--model`` that is not the indexed one) is one error line.
     """
-    from ..cli import ArgumentParser
+    from ..arguments import ArgumentParser
     from ..outputs.schema import TOPK_COLUMNS, TOPK_NAME_COLUMNS
     from .query import InfluenceIndex
 

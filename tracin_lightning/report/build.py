@@ -62,7 +62,8 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
             or a ``destination`` that exists and is not a report.
     """
     _require_extra()
-    from . import charts, html
+    from .charts import draw_self_histogram
+    from .html import index_influence_page, index_self_page
 
     if top < 1:
         raise TracInInputError(f"top must be at least 1, got {top}")
@@ -106,15 +107,15 @@ def build_report(output_dir: str | Path, *, top: int = 10, destination: str | Pa
                 from .views import top_path_text
 
                 top_paths = {case.position: top_path_text(views.get(_key(case))) for case in cases}
-            index = html.index_influence_page(
+            index = index_influence_page(
                 info, folder, cases, with_matrix=matrix is not None, top_paths=top_paths
             )
             for case in cases:
                 row = None if matrix is None else np.asarray(matrix[case.position], dtype=np.float64)
                 _write_case(build, case, info, row, views.get(_key(case)))
         else:
-            charts.draw_self_histogram(selfinf, build / "img" / "self-influence.png")
-            index = html.index_self_page(info, folder, selfinf)
+            draw_self_histogram(selfinf, build / "img" / "self-influence.png")
+            index = index_self_page(info, folder, selfinf)
         (build / "index.html").write_text(index, encoding="utf-8")
         _publish(build, target)
     except BaseException:
@@ -127,8 +128,9 @@ def _write_case(
     build: Path, case: Case, info: Mapping[str, Any], row: np.ndarray | None, views: ViewCase | None = None
 ) -> None:
     """One test triple's page and its pictures (the distribution only where the matrix row has values)."""
-    from . import charts, html
+    from .charts import draw_bars, draw_distribution
     from .graph import draw_graph
+    from .html import case_page
     from .paths import draw_paths
     from .views import views_section
 
@@ -138,12 +140,12 @@ def _write_case(
         (f"img/{stem}-bars.png", "Influence of the top proponents and opponents"),
     ]
     draw_graph(case, build / images[0][0])
-    charts.draw_bars(case, build / images[1][0])
+    draw_bars(case, build / images[1][0])
     if row is not None and np.isfinite(row).any():
         images.append(
             (f"img/{stem}-distribution.png", "Influence of every training triple on this test triple")
         )
-        charts.draw_distribution(case, row, build / images[2][0])
+        draw_distribution(case, row, build / images[2][0])
     section = ""
     if views is not None:
         paths = views.of("paths", "proponent")
@@ -151,7 +153,7 @@ def _write_case(
         if picture is not None:
             draw_paths(paths, views.triple.head, build / picture)
         section = views_section(views, paths_image=picture)
-    (build / case.page).write_text(html.case_page(case, info, images, section), encoding="utf-8")
+    (build / case.page).write_text(case_page(case, info, images, section), encoding="utf-8")
 
 
 def _key(case: Case) -> tuple[int, str, str, str]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import Evidence, ExplanationView
+from .resolver import resolve_view
 
 __all__ = ["ScoreFn", "explain_with_view", "explain_with_views"]
 
@@ -65,8 +66,6 @@ def explain_with_views(
         ...     influence=scores) if e.kind == "proponent"]
         [('analogies', (3,), 1.0), ('supporting', (2,), 0.75), ('paths', (2,), 0.75)]
     """
-    from . import resolve_view
-
     if (influence is None) == (score_fn is None):
         raise ValueError("give exactly one of influence (a (T, N) matrix) and score_fn")
     if top_k < 1:
