@@ -74,3 +74,48 @@ def test_module_in_a_trainer_with_a_variant(trained) -> None:
     assert_rows_close(ours, reference(run, "cosine", test, "ce", range(len(run.states))))
     with pytest.raises(TracInInputError, match="variant"):
         TracInModule(model=run.model, variant="nonsense")
+
+
+def test_adam_reads_the_second_moment_the_pykeen_callback_saved(tmp_path) -> None:
+    import logging
+    import warnings
+
+    from pykeen.pipeline import pipeline
+    from pykeen.training.callbacks import TrainingCallback
+
+    from tracin_lightning import PyKEENTracInCallback, compute_influence
+    from tracin_lightning.engine.variants import exp_avg_sq_by_name
+    from tracin_lightning.inputs.manifest import read_manifest
+
+    class Capture(TrainingCallback):  # the optimizer's moments when training ends, as a check
+        def post_train(self, losses, **kwargs) -> None:
+            self.moments = exp_avg_sq_by_name(self.model, self.optimizer)
+
+    capture = Capture()
+    logging.getLogger("pykeen").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pipeline(
+            dataset="Nations", model="DistMult", model_kwargs=dict(embedding_dim=8), random_seed=0,
+            training_kwargs=dict(num_epochs=2, use_tqdm=False, callbacks=[
+                PyKEENTracInCallback(directory=tmp_path, every_n_epochs=1, save_exp_avg_sq=True), capture]),
+            evaluation_kwargs=dict(use_tqdm=False),
+        )  # fmt: skip
+    checkpoints = read_manifest(tmp_path / "manifest.json")
+    saved = checkpoints[-1].load_exp_avg_sq(result.model)
+    expected = capture.moments  # after the last epoch
+    assert saved is not None and saved.keys() == expected.keys()
+    assert all(torch.equal(saved[name], expected[name]) for name in expected)
+    train = result.training.mapped_triples[:64]
+    test = result.training.mapped_triples[100:103]
+    from_files = compute_influence(result.model, train, test, checkpoints=tmp_path, variant="adam")
+    given = prepare(
+        result.model, checkpoints=tmp_path, variant="adam",
+        exp_avg_sq=[c.load_exp_avg_sq(result.model) for c in checkpoints],
+    )  # fmt: skip
+    with given.computing():
+        cached = given.test_gradients(test)
+        explicit = score_batch(given, cached, train)[0]
+    torch.testing.assert_close(from_files, explicit, rtol=1e-6, atol=0.0)
+    with pytest.raises(TracInInputError, match="exp_avg_sq"):  # files without moments: adam refuses
+        compute_influence(result.model, train, test, variant="adam")

@@ -43,7 +43,7 @@ from .engine.losses import (
 )
 from .engine.structure import SampleGradients
 from .engine.topk import TopK
-from .engine.variants import InfluenceVariant, VariantHint, resolve_variant
+from .engine.variants import AdamVariant, InfluenceVariant, VariantHint, resolve_variant
 from .errors import TracInInputError
 from .inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from .inputs.manifest import resolve_checkpoints
@@ -307,13 +307,21 @@ def prepare(
     for position, checkpoint in enumerate(resolved):
         state = checkpoint.load(kge)
         require_finite_weights(state, checkpoint)
+        moments = exp_avg_sq[position] if exp_avg_sq is not None else None
+        if moments is None and isinstance(chosen, AdamVariant):  # saved beside the weights, if it was
+            moments = checkpoint.load_exp_avg_sq(kge)
         states.append(
             CheckpointState(
                 state={k: v.detach().to(target) for k, v in state.items()},
                 learning_rate=checkpoint.learning_rate,
-                exp_avg_sq=None if exp_avg_sq is None else exp_avg_sq[position],
+                exp_avg_sq=None if moments is None else {k: v.to(target) for k, v in moments.items()},
             )
         )
+    if chosen is not None:
+        try:  # e.g. adam without the optimizer's second moment: a one-line input error, before any work
+            chosen.check(states)
+        except ValueError as error:
+            raise TracInInputError(str(error)) from None
     gradients = PerSampleGradients(loss=triple_loss, params=names, factorize=factorize, compile=compile)
     return TracInRun(
         model=kge,

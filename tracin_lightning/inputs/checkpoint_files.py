@@ -59,6 +59,25 @@ class Checkpoint:
             return _validated(dict(self.source), model, self.name)
         return load_state_dict(self.source, model)
 
+    def load_exp_avg_sq(self, model: nn.Module) -> dict[str, Tensor] | None:
+        """Adam's second moment saved beside the weights (``save_exp_avg_sq=True``), or None.
+
+        Raises:
+            TracInInputError: a saved moment whose name or shape is not one of ``model``'s parameters.
+        """
+        if self.source is None or isinstance(self.source, Mapping):
+            return None
+        path = Path(self.source)
+        content = _read(path)
+        moments = content.get("exp_avg_sq") if isinstance(content, Mapping) else None
+        if not isinstance(moments, Mapping):
+            return None
+        params = dict(model.named_parameters())
+        for name, value in moments.items():
+            if name not in params or not isinstance(value, Tensor) or value.shape != params[name].shape:
+                raise TracInInputError(f"{path}: exp_avg_sq {name!r} is not a parameter of the model's shape")
+        return {name: value.detach() for name, value in moments.items()}
+
 
 def _check_file(path: Path, context: str = "") -> None:
     if not path.is_file():

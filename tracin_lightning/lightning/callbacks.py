@@ -14,6 +14,7 @@ from pykeen.training.callbacks import TrainingCallback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ..engine.variants import exp_avg_sq_by_name
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint
 from ..inputs.manifest import MANIFEST_NAME, read_manifest, remember_manifest, write_manifest
@@ -22,16 +23,26 @@ from ..outputs.atomic import atomic_path
 __all__ = ["PyKEENTracInCallback", "TracInCheckpoint"]
 
 
-def _save(state: Mapping[str, Tensor], path: Path) -> None:
+def _save(state: Mapping[str, Tensor], path: Path, exp_avg_sq: Mapping[str, Tensor] | None = None) -> None:
+    weights = {k: v.detach().cpu().clone() for k, v in state.items()}
+    content: dict[str, Any] = weights
+    if (
+        exp_avg_sq is not None
+    ):  # beside the weights, for the adam variant (read by Checkpoint.load_exp_avg_sq)
+        content = {"state_dict": weights, "exp_avg_sq": {k: v.detach().cpu() for k, v in exp_avg_sq.items()}}
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, tmp)
+        torch.save(content, tmp)
 
 
 class _Recorder:
     """Saves weights + learning rate at the chosen (1-based) epochs and keeps the manifest current."""
 
     def __init__(
-        self, directory: str | Path, every_n_epochs: int | None, epochs: Sequence[int] | None
+        self,
+        directory: str | Path,
+        every_n_epochs: int | None,
+        epochs: Sequence[int] | None,
+        save_exp_avg_sq: bool = False,
     ) -> None:
         if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or every_n_epochs < 1):
             raise TracInInputError(
@@ -46,6 +57,7 @@ class _Recorder:
         elif every_n_epochs is None:
             raise TracInInputError("give every_n_epochs or epochs")
         self.directory = Path(directory)
+        self.save_exp_avg_sq = save_exp_avg_sq
         self.every = every_n_epochs
         self.epochs = frozenset(epochs or ())
         self.saved: list[Checkpoint] | None = None
@@ -66,7 +78,14 @@ class _Recorder:
             return
         self.saved = [c for c in earlier if c.epoch is not None and c.epoch < first_epoch]
 
-    def record(self, epoch: int, model: nn.Module, rate: float, step: int | None = None) -> None:
+    def record(
+        self,
+        epoch: int,
+        model: nn.Module,
+        rate: float,
+        step: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         if not self.chosen(epoch):
             return
         if self.saved is None:
@@ -80,7 +99,15 @@ class _Recorder:
             )
             return
         path = self.directory / f"epoch_{epoch:04d}.pt"
-        _save(model.state_dict(), path)
+        moments = None
+        if self.save_exp_avg_sq and optimizer is not None:
+            moments = exp_avg_sq_by_name(model, optimizer)
+            if not moments:
+                raise TracInInputError(
+                    f"save_exp_avg_sq: the optimizer {type(optimizer).__name__} keeps no exp_avg_sq "
+                    "(Adam's second moment) for the model's parameters"
+                )
+        _save(model.state_dict(), path, moments)
         checkpoint = Checkpoint(str(path), rate, path, epoch, step)
         self.saved = [c for c in self.saved if c.epoch != epoch] + [checkpoint]
         write_manifest(self.directory, self.saved)
@@ -103,6 +130,8 @@ class TracInCheckpoint(L.Callback):
         epochs: save exactly at these epochs instead (``every_n_epochs`` then None or left at 1).
         model_attribute: attribute of the LightningModule holding the KGE model (None: the
             LightningModule itself).
+        save_exp_avg_sq: also save Adam's bias-corrected second moment beside the weights, so the
+            ``adam`` scoring variant can read it from the checkpoint files.
 
     Example:
         >>> callback = TracInCheckpoint(dirpath="tracin", every_n_epochs=5)
@@ -116,8 +145,9 @@ class TracInCheckpoint(L.Callback):
         every_n_epochs: int | None = 1,
         epochs: Sequence[int] | None = None,
         model_attribute: str | None = "model",
+        save_exp_avg_sq: bool = False,
     ) -> None:
-        self.recorder = _Recorder(dirpath, every_n_epochs, epochs)
+        self.recorder = _Recorder(dirpath, every_n_epochs, epochs, save_exp_avg_sq)
         self.model_attribute = model_attribute
         self._rate: float | None = None
 
@@ -150,7 +180,9 @@ class TracInCheckpoint(L.Callback):
         if not trainer.is_global_zero or self._rate is None:
             return
         model = self._model(pl_module)
-        self.recorder.record(trainer.current_epoch + 1, model, self._rate, trainer.global_step)
+        self.recorder.record(
+            trainer.current_epoch + 1, model, self._rate, trainer.global_step, trainer.optimizers[0]
+        )
 
 
 class PyKEENTracInCallback(TrainingCallback):
@@ -166,13 +198,20 @@ class PyKEENTracInCallback(TrainingCallback):
         directory: folder for the checkpoints and the manifest.
         every_n_epochs: save every N epochs.
         epochs: save exactly at these epochs instead (``every_n_epochs`` then None or left at 1).
+        save_exp_avg_sq: also save Adam's bias-corrected second moment beside the weights, so the
+            ``adam`` scoring variant can read it from the checkpoint files.
     """
 
     def __init__(
-        self, *, directory: str | Path, every_n_epochs: int | None = 1, epochs: Sequence[int] | None = None
+        self,
+        *,
+        directory: str | Path,
+        every_n_epochs: int | None = 1,
+        epochs: Sequence[int] | None = None,
+        save_exp_avg_sq: bool = False,
     ) -> None:
         super().__init__()
-        self.recorder = _Recorder(directory, every_n_epochs, epochs)
+        self.recorder = _Recorder(directory, every_n_epochs, epochs, save_exp_avg_sq)
         self._rate: float | None = None
         self._started = False
 
@@ -188,7 +227,7 @@ class PyKEENTracInCallback(TrainingCallback):
             self._started = True
         rate = self._rate if self._rate is not None else float(self.optimizer.param_groups[0]["lr"])
         self._rate = None
-        self.recorder.record(epoch, self.model, rate)
+        self.recorder.record(epoch, self.model, rate, optimizer=self.optimizer)
         if self.recorder.saved:  # lets tracin_lightning.explain(pipeline_result) find the checkpoints
             remember_manifest(self.model, self.recorder.directory)
 

@@ -26,7 +26,7 @@ from ..engine.influence import (
 from ..engine.losses import CustomTripleLoss, TripleLoss
 from ..engine.structure import SampleGradients
 from ..engine.topk import TopK
-from ..engine.variants import resolve_variant
+from ..engine.variants import AdamVariant, resolve_variant
 from ..errors import TracInInputError
 from ..functional import resolve_run_loss, score_batch
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
@@ -341,7 +341,23 @@ class TracInModule(L.LightningModule):
             state = own if checkpoint.source is None else checkpoint.load(self.kge_model)
             require_finite_weights(state, checkpoint)
             state = {k: v.detach().to(self.device) for k, v in state.items()}
-            self.states.append(CheckpointState(state=state, learning_rate=checkpoint.learning_rate))
+            moments = (
+                checkpoint.load_exp_avg_sq(self.kge_model) if isinstance(self.variant, AdamVariant) else None
+            )
+            self.states.append(
+                CheckpointState(
+                    state=state,
+                    learning_rate=checkpoint.learning_rate,
+                    exp_avg_sq=None
+                    if moments is None
+                    else {k: v.to(self.device) for k, v in moments.items()},
+                )
+            )
+        if self.variant is not None:
+            try:  # e.g. adam without the optimizer's second moment
+                self.variant.check(self.states)
+            except ValueError as error:
+                raise TracInInputError(str(error)) from None
         logger.info(
             "TracIn over %d checkpoint(s) with learning rates %s", len(self.states), self.learning_rates
         )
