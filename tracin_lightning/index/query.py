@@ -86,6 +86,7 @@ class InfluenceIndex:
         *,
         device: torch.device,
         test_batch_size: int,
+        memory_bytes: int = 0,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -94,6 +95,8 @@ class InfluenceIndex:
         self.states = states
         self.device = device
         self.test_batch_size = test_batch_size
+        self.memory_bytes = memory_bytes
+        self._held: dict[tuple[int, int | None, int], Tensor] = {}  # streamed parts kept after a first read
         self.parts = [PartSpec.from_dict(p) for p in manifest["parts"]]
         self.part_index = {p.key: j for j, p in enumerate(self.parts)}
         sketch = manifest.get("sketch")
@@ -138,6 +141,7 @@ class InfluenceIndex:
         learning_rates: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
         test_batch_size: int = 256,
+        memory_bytes: int = 2**31,
     ) -> InfluenceIndex:
         """Open the index in ``directory``, checking its files against the manifest's digests.
 
@@ -150,6 +154,9 @@ class InfluenceIndex:
             learning_rates: learning rates for ``checkpoints``.
             device: where test gradients and dot products are computed.
             test_batch_size: test triples per gradient call.
+            memory_bytes: a projected index whose streamed parts (sketches, linear means) take at most
+                this many bytes keeps them in memory after the first query, so later queries do not
+                read them again (0: always read them from disk).
 
         Raises:
             TracInInputError: no finished index there, files changed since the build, or a ``model``
@@ -204,7 +211,8 @@ class InfluenceIndex:
             CheckpointState(state=state, learning_rate=float(c["learning_rate"]))
             for state, c in zip(states_raw, manifest["checkpoints"])
         ]
-        return cls(folder, manifest, kge, gradients, states, device=device, test_batch_size=test_batch_size)
+        return cls(folder, manifest, kge, gradients, states, device=device, test_batch_size=test_batch_size,
+                   memory_bytes=memory_bytes)  # fmt: skip
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -402,15 +410,35 @@ class InfluenceIndex:
         j = self.part_index["sketch"]
         width = sketch.dim + len(self.states) * sum(self.parts[i].shape[-1] for i, _ in mean_parts)
         step = max(1, CHUNK_BYTES // (4 * width))
-        for r, folder in enumerate(self.shards):
+        for r in range(len(self.shards)):
             size = int(self.bases[r + 1] - self.bases[r])
-            for start in range(0, size, step):
+            for start in range(0, size, size if self._fits_memory() else step):
                 stop = min(size, start + step)
-                scores = query @ _read(folder / part_file(j, None), start, stop, self.device).T
+                scores = query @ self._streamed(r, j, None, start, stop).T
                 for k, found in enumerate(means):
                     for i, key in mean_parts:
-                        scores += found[key] @ _read(folder / part_file(i, k), start, stop, self.device).T
+                        scores += found[key] @ self._streamed(r, i, k, start, stop).T
                 yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], scores
+
+    def _streamed(self, shard: int, j: int, k: int | None, start: int, stop: int) -> Tensor:
+        """Entries ``start:stop`` of a streamed part, from memory when the index fits ``memory_bytes``."""
+        path = self.shards[shard] / part_file(j, k)
+        if not self._fits_memory():
+            return _read(path, start, stop, self.device)
+        key = (shard, k, j)
+        if key not in self._held:
+            self._held[key] = _read(path, 0, int(self.bases[shard + 1] - self.bases[shard]), self.device)
+        return self._held[key][start:stop]
+
+    def _fits_memory(self) -> bool:
+        streamed = sum(
+            int(np.prod(p.shape, dtype=np.int64))
+            * np.dtype(p.dtype).itemsize
+            * (len(self.states) if per_checkpoint(p.key) else 1)
+            for p in self.parts
+            if p.key == "sketch" or p.key.endswith("/mean")
+        )
+        return streamed * self.num_train <= self.memory_bytes
 
 
 def agreement(exact: Tensor, approx: Tensor, *, top: int = 10) -> dict[str, Any]:
