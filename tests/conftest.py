@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny PyKEEN models really trained on the bundled Nations graph."""
+"""Shared fixtures: tiny PyKEEN models really trained on the bundled Nations graph; test markers."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import sys
 import warnings
@@ -117,3 +118,30 @@ def saved_conve(tmp_path_factory: pytest.TempPathFactory) -> SavedRun:
     )
     result.save_to_directory(directory)
     return SavedRun(directory, directory / "checkpoints" / "manifest.json", result.model)
+
+
+#: What makes a test an integration test: the command line or Python in a subprocess, a DDP launch,
+#: or a real Lightning Trainer (found in the test function's own source).
+_SUBPROCESS = ("subprocess", "cli(", "run_cli(", "cli_config(", "run_python(", "run(tmp_path", "main([")
+_TRAINER = ("Trainer(", "trainer.predict", ".predict(")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration``, and the subprocess ones also ``slow``.
+
+    ``pytest -m unit`` runs the fast core in a few minutes; ``-m "not slow"`` leaves out the command
+    line and DDP runs.
+    """
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        spawns = any(word in source for word in _SUBPROCESS)
+        if spawns or any(word in source for word in _TRAINER):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+        if spawns:
+            item.add_marker(pytest.mark.slow)
