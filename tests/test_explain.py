@@ -77,7 +77,7 @@ def test_a_pipeline_result_gives_labelled_rows_with_exact_scores(result) -> None
     labels = {i: label for label, i in factory.entity_to_id.items()}
     relations = {i: label for label, i in factory.relation_to_id.items()}
     for row in table.itertuples():
-        h, r, t = factory.mapped_triples[row.train_row].tolist()  # the factory's own (sorted) rows
+        h, r, t = factory.mapped_triples[row.train_index].tolist()  # the factory's own (sorted) rows
         assert (row.train_head, row.train_relation, row.train_tail) == (labels[h], relations[r], labels[t])
         assert (row.test_head, row.test_relation, row.test_tail) == PREDICTIONS[row.test_index]
     reference = _reference(result, PREDICTIONS, "score")
@@ -89,7 +89,7 @@ def test_a_pipeline_result_gives_labelled_rows_with_exact_scores(result) -> None
             got = torch.tensor(part["score"].tolist(), dtype=torch.float64)
             scale = max(float(reference[t].abs().max()), 1e-3 * float(reference.abs().max()))
             assert float((got - expected).abs().max()) <= 1e-5 * scale, (t, kind)
-            rows = torch.tensor(part["train_row"].tolist())
+            rows = torch.tensor(part["train_index"].tolist())
             assert float((reference[t, rows] - got).abs().max()) <= 1e-5 * scale  # each row's own score
 
 
@@ -105,14 +105,14 @@ def test_the_default_view_ranks_supporting_facts_exactly(result) -> None:
         allowed = torch.nonzero(touches & (train[:, 1] != r)).flatten()  # other relations, at h or t
         expected = allowed[reference[t, allowed].argsort(descending=True, stable=True)[:3]]  # ties: lower row
         part = table[table.test_index == t].sort_values("rank")
-        assert part["train_row"].tolist() == expected.tolist()
-        assert (part["step"] == 1).all() and (part["score"] == part["edge_score"]).all()
+        assert part["train_index"].tolist() == expected.tolist()
+        assert (part["step"] == 0).all() and (part["score"] == part["edge_score"]).all()
 
 
 def test_views_side_by_side_and_paths_by_step(result) -> None:
     table = tl.explain(result, PREDICTIONS[:1], view=["analogies", PathsView(max_length=2)], top_k=60)
     assert set(table.view) == {"analogies", "paths"}
-    assert table[table.view == "paths"].step.max() == 2  # two-fact paths among the top 60, a row per fact
+    assert table[table.view == "paths"].step.max() == 1  # two-fact paths among the top 60, a row per fact
     with pytest.raises(
         TracInInputError, match=r"paths of at most 3 edges join .* lower the paths view's max_length"
     ):
@@ -147,13 +147,13 @@ def test_labels_ids_and_a_factory_give_the_same_table(result) -> None:
     by_factory = tl.explain(result, made, top_k=3)
     order = made.mapped_triples.tolist()
     for other in (by_ids, by_list):
-        assert other[["train_row", "score", "test_head"]].equals(
-            by_labels[["train_row", "score", "test_head"]]
+        assert other[["train_index", "score", "test_head"]].equals(
+            by_labels[["train_index", "score", "test_head"]]
         )
     for t, triple in enumerate(order):  # a factory sorts its rows: compare each triple with its own rows
         mine = by_factory[by_factory.test_index == t]
         theirs = by_labels[by_labels.test_ids == tuple(triple)]
-        assert mine["train_row"].tolist() == theirs["train_row"].tolist()
+        assert mine["train_index"].tolist() == theirs["train_index"].tolist()
 
 
 def test_a_model_with_its_training_factory(result) -> None:
@@ -230,8 +230,8 @@ def test_the_models_own_rank_of_each_prediction(result) -> None:
         keep = [e for e in range(factory.num_entities) if e != t and e not in others]
         greater = sum(int(scores[e] > scores[t]) for e in keep)
         equal = sum(int(scores[e] == scores[t]) for e in keep)
-        assert row.prediction_score == pytest.approx(float(scores[t]), rel=1e-5, abs=1e-6)
-        assert row.prediction_rank == 1 + greater + equal / 2  # filtered, ties counted half
+        assert row.model_score == pytest.approx(float(scores[t]), rel=1e-5, abs=1e-6)
+        assert row.model_rank == 1 + greater + equal / 2  # filtered, ties counted half
 
 
 def test_the_models_own_scores_with_inverse_triples(trained) -> None:

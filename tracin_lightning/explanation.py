@@ -42,17 +42,17 @@ COLUMNS = (
     "test_head",
     "test_relation",
     "test_tail",
-    "prediction_score",
-    "prediction_rank",
+    "model_rank",
+    "model_score",
     "view",
     "kind",
     "rank",
     "score",
     "step",
+    "train_index",
     "train_head",
     "train_relation",
     "train_tail",
-    "train_row",
     "edge_score",
     "test_ids",
     "train_ids",
@@ -175,9 +175,10 @@ def explain(
 
     Returns:
         One row per (prediction, view, kind, rank, step): the columns of :data:`COLUMNS` (and
-        ``*_name`` columns with ``names``). A fact has one row (``step`` 1); a path has one row per
-        fact, from the head to the tail, all with the path's ``rank`` and ``score`` and each with its
-        own ``edge_score``. ``prediction_score`` and ``prediction_rank`` are the model's own score of
+        ``*_name`` columns with ``names``); the columns are those of the report's ``explanations.csv``
+        plus the ids. A fact has one row (``step`` 0); a path has one row per fact (``step`` 0, 1, ...),
+        from the head to the tail, all with the path's ``rank`` and ``score`` and each with its
+        own ``edge_score``. ``model_rank`` and ``model_score`` are the model's own rank and score of
         the prediction and the filtered rank of its tail among all entities (other training tails of
         the same head and relation left out, ties counted half; NaN for a model that cannot score all
         tails). ``kind`` is ``proponent`` (rank 1 = most supportive) or ``opponent``. The table's
@@ -299,8 +300,8 @@ def _record(
     test: Tensor,
     train: Tensor,
     maps: LabelMaps | None,
-    prediction_score: float,
-    prediction_rank: float,
+    model_score: float,
+    model_rank: float,
 ) -> dict[str, Any]:
     test_ids = tuple(test[evidence.test_index].tolist())
     row = evidence.train_rows[step]
@@ -311,17 +312,17 @@ def _record(
         "test_head": test_labels[0],
         "test_relation": test_labels[1],
         "test_tail": test_labels[2],
-        "prediction_score": prediction_score,
-        "prediction_rank": prediction_rank,
+        "model_score": model_score,
+        "model_rank": model_rank,
         "view": evidence.view,
         "kind": evidence.kind,
         "rank": evidence.rank,
         "score": evidence.score,
-        "step": step + 1,
+        "step": step,
         "train_head": train_labels[0],
         "train_relation": train_labels[1],
         "train_tail": train_labels[2],
-        "train_row": int(row),
+        "train_index": int(row),
         "edge_score": evidence.edge_scores[step],
         "test_ids": test_ids,
         "train_ids": train_ids,
