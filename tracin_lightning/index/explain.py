@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path
 
@@ -85,6 +87,14 @@ def explain(args: list[str]) -> None:
     parser.add_argument("--top", type=int, default=10, help="proponents and opponents per test triple (>= 1)")
     parser.add_argument("--output", type=Path, default=Path("explain_topk.csv"), help="CSV to write")
     parser.add_argument(
+        "--view",
+        action="append",
+        default=None,
+        help="an explanation view (supporting, analogies, paths, all; see tracin_lightning.views): the "
+        "facts or paths it ranks, written in the report's explanations.csv columns; repeat for several "
+        "side by side. Without --view: the plain top-k table",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         help="the model you mean to explain (a PyKEEN folder or model file): refused unless it is the one "
@@ -100,13 +110,14 @@ def explain(args: list[str]) -> None:
     found = InfluenceIndex.open(options.index, model=options.model)
     print(describe_index(found), file=sys.stderr, flush=True)
     test = _test_triples(found, options.triple)
+    if options.view:
+        _write_views(found, test, options.view, top=options.top, output=options.output)
+        return
     top = found.top_k(test, options.top)
-    maps, names, train = found.maps, found.names, found.train_triples
+    names, train = found.names, found.train_triples
 
     def label(ids: list[int]) -> list[str]:
-        if maps is None:
-            return [str(i) for i in ids]
-        return [maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2])]
+        return _labels(found, ids)
 
     def named(labels: list[str]) -> list[str]:
         if names is None:
@@ -132,3 +143,60 @@ def explain(args: list[str]) -> None:
     printer = csv.writer(sys.stdout, delimiter="\t")
     printer.writerow(header)
     printer.writerows(rows)
+
+
+class _TrainLabels:
+    """Labels of training rows on demand (a graph's label list is not built for a few rows)."""
+
+    def __init__(self, found: Any) -> None:
+        self.found = found
+
+    def __getitem__(self, row: int) -> list[str]:
+        return _labels(self.found, [int(x) for x in self.found.train_triples[row]])
+
+    def __len__(self) -> int:
+        return int(self.found.num_train)
+
+
+def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: Path) -> None:
+    """The views' evidence for ``test`` from the index's influence rows, printed and written atomically."""
+    import torch
+
+    from ..report.views import explanation_rows, write_explanations
+    from ..views import TooManyPathsError, explain_with_views, resolve_view
+
+    try:
+        resolved = [resolve_view(v) for v in views]
+    except (KeyError, ValueError, TypeError) as error:
+        raise TracInInputError(f"--view: {error}") from None
+    train = torch.as_tensor(np.asarray(found.train_triples), dtype=torch.long)
+    maps = found.maps
+    try:
+        evidence = explain_with_views(
+            resolved,
+            train_triples=train,
+            test_triples=test.cpu(),
+            top_k=top,
+            influence=found.influence(test),
+            num_entities=None if maps is None else maps.num_entities,
+        )
+    except TooManyPathsError as error:
+        raise TracInInputError(f"--view paths: {error}") from None
+    labels = _TrainLabels(found)
+    test_labels = [_labels(found, ids) for ids in test.cpu().tolist()]
+    names = None
+    if found.names is not None:
+        names = {**found.names.entities, **found.names.relations}
+    rows = explanation_rows(evidence, train_labels=labels, test_labels=test_labels, names=names)  # type: ignore[arg-type]
+    write_explanations(output, rows)
+    if rows:
+        printer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), delimiter="\t")
+        printer.writeheader()
+        printer.writerows(rows)
+
+
+def _labels(found: Any, ids: list[int]) -> list[str]:
+    maps = found.maps
+    if maps is None:
+        return [str(i) for i in ids]
+    return [maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2])]
