@@ -53,6 +53,7 @@ __all__ = [
     "CheckpointArg",
     "LossArg",
     "TracInRun",
+    "all_tail_scores",
     "compute_influence",
     "compute_self_influence",
     "compute_top_influence",
@@ -180,25 +181,8 @@ class TracInRun:
             raise self.non_finite(error, test_triples, _rows(test_triples), "test") from None
 
     def tail_scores(self, triples: Tensor) -> Tensor | None:
-        """The model's scores of ``(h, r, e)`` for every entity ``e``, ``(T, num_entities)`` on the CPU.
-
-        At the model's current weights, in eval mode (modes put back after), ids mapped for a model
-        trained with inverse triples. None for a model that cannot score all tails.
-        """
-        adapter = resolve_adapter(self.model)
-        if not adapter.can_score_tails(self.model):
-            return None
-        hrt = triples.long().to(self.device)
-        if self.inverse:
-            hrt, _ = adapter.inverse_triples(self.model, hrt)
-        modes = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return adapter.score_t(self.model, hrt[:, :2]).float().cpu()
-        finally:
-            for module, training in modes:
-                module.training = training
+        """The model's scores of ``(h, r, e)`` for every entity ``e`` (see :func:`all_tail_scores`)."""
+        return all_tail_scores(self.model, triples, inverse=self.inverse, device=self.device)
 
     def non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str
@@ -210,6 +194,37 @@ class TracInRun:
         return TracInInputError(
             f"non-finite gradient for {what} triple {int(index[row])} {ids} at checkpoint {source!r}"
         )
+
+
+def all_tail_scores(
+    model: nn.Module, triples: Tensor, *, inverse: bool, device: torch.device | str | None = None
+) -> Tensor | None:
+    """The model's scores of ``(h, r, e)`` for every entity ``e``, ``(T, num_entities)`` on the CPU.
+
+    At the model's current weights, in eval mode (its modes put back after), ids mapped for a model
+    trained with inverse triples. None for a model that cannot score all tails.
+
+    Example:
+        >>> from pykeen.datasets import Nations
+        >>> from pykeen.models import DistMult
+        >>> model = DistMult(triples_factory=Nations().training, embedding_dim=4)
+        >>> all_tail_scores(model, Nations().testing.mapped_triples[:2], inverse=False).shape
+        torch.Size([2, 14])
+    """
+    adapter = resolve_adapter(model)
+    if not adapter.can_score_tails(model):
+        return None
+    hrt = triples.long().to(_model_device(model) if device is None else device)
+    if inverse:
+        hrt, _ = adapter.inverse_triples(model, hrt)
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return adapter.score_t(model, hrt[:, :2]).float().cpu()
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _rows(triples: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,13 @@ def explain(args: list[str]) -> None:
     printer.writerows(rows)
 
 
-class _TrainLabels:
+class _TrainLabels(Sequence[list[str]]):
     """Labels of training rows on demand (a graph's label list is not built for a few rows)."""
 
     def __init__(self, found: Any) -> None:
         self.found = found
 
-    def __getitem__(self, row: int) -> list[str]:
+    def __getitem__(self, row: int) -> list[str]:  # type: ignore[override]
         return _labels(self.found, [int(x) for x in self.found.train_triples[row]])
 
     def __len__(self) -> int:
@@ -187,7 +188,7 @@ def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: P
     names = None
     if found.names is not None:
         names = {**found.names.entities, **found.names.relations}
-    rows = explanation_rows(evidence, train_labels=labels, test_labels=test_labels, names=names)  # type: ignore[arg-type]
+    rows = explanation_rows(evidence, train_labels=labels, test_labels=test_labels, names=names)
     write_explanations(output, rows)
     if rows:
         printer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), delimiter="\t")

@@ -19,9 +19,12 @@ from typing_extensions import override
 
 from ..engine.topk import TopK, merge_topk
 from ..errors import TracInInputError
+from ..functional import all_tail_scores
 from ..outputs.atomic import atomic_path, write_json
 from ..outputs.directory import require_writable_dir
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
+from ..report.views import EXPLANATIONS_FILE, explanation_rows, write_explanations
+from ..views import TooManyPathsError, explain_with_views, resolve_view, tail_ranks
 from .contracts import PredictionInputs, ProducesRunRecord, ResumeState, RunRecord, prediction_inputs
 from .resume import _changes, _fingerprint, _versions
 
@@ -46,6 +49,11 @@ class InfluenceWriter(BasePredictionWriter):
     - ``run.json``: what was computed, how, and how fast; ``candidates`` holds the filter options,
       the candidates per test triple and the size of their union (the rows streamed).
 
+    - ``explanations.csv``: with ``views``, each test triple's evidence under each explanation view
+      (:mod:`~tracin_lightning.views`), ranked from the full matrix, a path one row per fact, with the
+      model's own rank and score of the prediction; ``tracin-lightning report`` shows the views side
+      by side.
+
     With filtering, a test triple with fewer than ``top_k`` candidates gets fewer CSV rows, and one
     with no candidate none (``run.json`` lists those under ``candidates.no_candidates``).
 
@@ -57,6 +65,8 @@ class InfluenceWriter(BasePredictionWriter):
     Args:
         output_dir: folder for the results (created if missing).
         save_matrix: also write the full influence matrix (``num_test x num_train`` float32).
+        views: explanation views to rank from the matrix into ``explanations.csv`` (``supporting``,
+            ``analogies``, ``paths``, ``all``); they need ``save_matrix`` and no candidate filter.
         flush_every: batches per recorded chunk.
         resume: continue from recorded partial results in ``output_dir`` (False starts over).
     """
@@ -66,10 +76,19 @@ class InfluenceWriter(BasePredictionWriter):
         *,
         output_dir: str = "runs/tracin",
         save_matrix: bool = False,
+        views: list[str] | None = None,
         flush_every: int = 50,
         resume: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
+        if views and not save_matrix:
+            raise TracInInputError(
+                "writer.views rank facts from the full influence rows: set writer.save_matrix: true"
+            )
+        try:
+            self.views = [resolve_view(v) for v in views or []]
+        except (KeyError, ValueError, TypeError) as error:
+            raise TracInInputError(f"writer.views: {error}") from None
         self.output_dir = require_writable_dir(output_dir)  # fail before any work, not after it
         self.save_matrix = save_matrix
         self.flush_every = max(1, flush_every)
@@ -100,7 +119,13 @@ class InfluenceWriter(BasePredictionWriter):
         self._earlier_segments = []
         rank = trainer.global_rank
         record = _producer(pl_module).run_record()
-        self._fingerprint = _fingerprint(trainer, record, prediction_inputs(trainer), self.save_matrix)
+        inputs = prediction_inputs(trainer)
+        if self.views and inputs is not None and inputs.candidate_options.get("candidates", "all") != "all":
+            raise TracInInputError(
+                "writer.views choose their own facts: use them with data.candidates: all (the views "
+                "supporting and paths restrict to the prediction's neighbourhood and paths themselves)"
+            )
+        self._fingerprint = _fingerprint(trainer, record, inputs, self.save_matrix)
         self._resumed = self._load_state(trainer, rank) if self.resume else None
         if self._resumed is None and rank == 0 and not self.resume:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
@@ -256,6 +281,9 @@ class InfluenceWriter(BasePredictionWriter):
                 width = num_train if labels.train is None else max(num_train, int(labels.train.shape[0]))
                 self._write_matrix(world, len(labels.test), width, fill=num_train < width)
                 outputs.append("influence_matrix.npy")
+                if self.views and labels.train is not None and record.test_triples is not None:
+                    self._write_views(pl_module, record.test_triples, labels)
+                    outputs.append(EXPLANATIONS_FILE)
         else:
             self._write_self(world, labels)
             outputs.append("self_influence.csv")
@@ -295,6 +323,42 @@ class InfluenceWriter(BasePredictionWriter):
         }
         write_json(self.output_dir / "run.json", info)
         shutil.rmtree(self.partial_dir, ignore_errors=True)
+
+    def _write_views(self, pl_module: L.LightningModule, test: Tensor, labels: _Labels) -> None:
+        """``explanations.csv``: the views' evidence ranked from the matrix just written."""
+        assert labels.train is not None
+        matrix = torch.from_numpy(np.load(self.output_dir / "influence_matrix.npy"))
+        top_k = int(getattr(pl_module, "top_k", 0) or 10)
+        try:
+            evidence = explain_with_views(
+                self.views,
+                train_triples=labels.train,
+                test_triples=test,
+                top_k=top_k,
+                influence=matrix,
+                num_entities=None if labels.maps is None else labels.maps.num_entities,
+            )
+        except TooManyPathsError as error:
+            raise TracInInputError(
+                f"writer.views paths: {error}: lower the paths view's max_length"
+            ) from None
+        model = getattr(pl_module, "kge_model", None)
+        scores = (
+            None
+            if model is None
+            else all_tail_scores(model, test, inverse=bool(getattr(pl_module, "inverse", False)))
+        )
+        ranks, own = (None, None) if scores is None else tail_ranks(scores, test, known=labels.train)
+        rows = explanation_rows(
+            evidence,
+            train_labels=_TrainLabels(labels),
+            test_labels=[labels.test_triple(t) for t in range(len(labels.test))],
+            test_index=[labels.test_index(t) for t in range(len(labels.test))],
+            names=labels.names_by_label(),
+            model_rank=None if ranks is None else ranks.tolist(),
+            model_score=None if own is None else own.tolist(),
+        )
+        write_explanations(self.output_dir / EXPLANATIONS_FILE, rows)
 
     def _write_topk(self, top: TopK, labels: _Labels) -> None:
         with atomic_path(self.output_dir / "influence_topk.csv") as tmp, open(tmp, "w", newline="") as handle:
@@ -383,6 +447,25 @@ class _Labels:
         if self.train is None:
             return "", "", ""
         return self._label(self.train[row].tolist())
+
+    def names_by_label(self) -> dict[str, str] | None:
+        """Readable names by entity or relation label (None without names)."""
+        if self.names is None:
+            return None
+        return {**self.names.entities, **self.names.relations}
+
+
+class _TrainLabels(Sequence[tuple[str, str, str]]):
+    """Training rows' labels on demand, as a sequence (a large graph's label list is not built)."""
+
+    def __init__(self, labels: _Labels) -> None:
+        self.labels = labels
+
+    def __getitem__(self, row: int) -> tuple[str, str, str]:  # type: ignore[override]
+        return self.labels.train_triple(int(row))
+
+    def __len__(self) -> int:
+        return 0 if self.labels.train is None else int(self.labels.train.shape[0])
 
 
 def _segment_walls(per_rank: list[list[float]]) -> list[float]:
