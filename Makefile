@@ -3,7 +3,7 @@
 TORCH ?= torch==2.13.0
 PYTHON ?= python
 
-.PHONY: install install-dev demo test lint docs benchmark gpu-check
+.PHONY: install install-dev demo test research-test lint docs benchmark gpu-check
 
 install:
 	if [ -n "$(TORCH)" ]; then $(PYTHON) -m pip install -q "$(TORCH)"; fi
@@ -26,12 +26,17 @@ demo: install
 test: install-dev
 	$(PYTHON) -m pytest -n 2 --timeout 900
 
+# The research experiments' and benchmark tools' own tests (smoke runs), kept out of the package's
+# suite: each study lives in its folder under experiments/, the GPU check under benchmarks/gpu/.
+research-test: install-dev
+	$(PYTHON) -m pytest -n 2 --timeout 900 -m research experiments benchmarks -p no:cacheprovider
+
 lint: install-dev
 	ruff check .
 	ruff format --check .
 	mypy
 
-# The documentation site (MkDocs, Material theme): regenerate the research pages from docs/results/,
+# The documentation site (MkDocs, Material theme): regenerate the research pages from experiments/*/results/,
 # then build into site/ with warnings as errors. Needs no network: no fonts or plugins are fetched.
 docs: install
 	$(PYTHON) -m pip install -q -e ".[docs]"
@@ -40,9 +45,9 @@ docs: install
 
 benchmark: install
 	$(PYTHON) -m pip install -q -e ".[bench]"
-	$(PYTHON) scripts/benchmark.py
+	$(PYTHON) benchmarks/benchmark.py
 
 # One prepared GPU check, at most ~8 minutes on one H100/H200: exactness on the device,
 # bf16/fp16 mixed precision, torch.compile, throughput. `--device cpu --smoke` runs it tiny on a CPU.
 gpu-check:
-	$(PYTHON) scripts/gpu_check.py --output runs/gpu_check.json
+	$(PYTHON) benchmarks/gpu/gpu_check.py --output runs/gpu_check.json

@@ -1,6 +1,6 @@
 """The slow, obvious TracIn reference (one backward per triple, dense gradients, float64).
 
-It lives in :mod:`tracin_lightning.testing` so that ``scripts/gpu_check.py`` can run the same
+It lives in :mod:`tracin_lightning.testing` so that ``benchmarks/gpu/gpu_check.py`` can run the same
 reference on a GPU; the tests import it from here.
 """
 

@@ -197,7 +197,7 @@ def test_self_influence_matches_reference(trained, name: str, loss: str) -> None
 def test_ce_takes_the_rank_one_path_where_scores_are_linear_in_the_tail(
     trained, name: str, path: str
 ) -> None:
-    """docs/concepts/engine.md, section 3: inner-product scores factor the whole-table gradient; distances do not."""
+    """docs/concepts/engine.md, section 3: inner products factor the whole-table gradient, distances not."""
     from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
     from tracin_lightning.engine.losses import TripleLoss
 

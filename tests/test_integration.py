@@ -14,15 +14,15 @@ from torch import nn
 
 from tracin_lightning.functional import compute_influence
 
-SCRIPTS = Path(__file__).parents[1] / "scripts"
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def test_lightning_example_matches_reference(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPTS))
+    sys.path.insert(0, str(EXAMPLES))
     try:
         import lightning_example
     finally:
-        sys.path.remove(str(SCRIPTS))
+        sys.path.remove(str(EXAMPLES))
     module, manifest = lightning_example.run(tmp_path, epochs=3, num_test=4)
     entries = json.loads(manifest.read_text())["checkpoints"]
     assert [e["learning_rate"] for e in entries] == [0.1, 0.05, 0.025]

@@ -1,31 +1,25 @@
 """1-N scoring as a matrix product: the training helper (``tracin_lightning.training.fast_one_to_n``)
-and the engine's copy against PyKEEN's own forward and the float64 reference, and the paired LCWA
-retrain's labels (``scripts/one_to_n.py``) against the base model's."""
+and the engine's copy against PyKEEN's own forward and the float64 reference."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import pickle
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from reference import assert_rows_close, dense_gradients_at
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
 pytest.importorskip("pykeen")
 
-from tracin_lightning.engine import influence  # noqa: E402
-from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters  # noqa: E402
-from tracin_lightning.engine.losses import TripleLoss  # noqa: E402
-from tracin_lightning.engine.plan import to_dense  # noqa: E402
-from tracin_lightning.training import OneToNPatch, fast_one_to_n  # noqa: E402
+from tracin_lightning.engine import influence
+from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
+from tracin_lightning.engine.losses import TripleLoss
+from tracin_lightning.engine.plan import to_dense
+from tracin_lightning.training import OneToNPatch, fast_one_to_n
 
 #: small sizes; every model here has an interaction with a matrix-product form
 KWARGS = {
@@ -202,14 +196,6 @@ def test_fast_one_to_n_refuses_models_without_such_an_interaction() -> None:
         fast_one_to_n(TransE(triples_factory=_factory(inverse=False), embedding_dim=4))
 
 
-def test_use_matmul_scoring_is_the_package_patch() -> None:
-    from one_to_n import use_matmul_scoring
-
-    model = _conve(_factory(inverse=False))
-    assert use_matmul_scoring(model) is model
-    assert type(model.interaction).__name__ == "MatmulConvEInteraction"
-
-
 # ------------------------------------------------------------------------------ the engine's copy
 def _engine(model: nn.Module, loss: str, inverse: bool) -> PerSampleGradients:
     return PerSampleGradients(
@@ -261,51 +247,3 @@ def test_engine_ce_influence_equals_the_reference(name: str, inverse: bool, chec
         model, train, test, states=states, learning_rates=rates, loss="ce", inverse=inverse
     )
     assert_rows_close(ours, expected, TOLERANCE)
-
-
-# ------------------------------------------------------------------- the paired retrain's labels
-@pytest.mark.parametrize("inverse", [True, False])
-def test_masking_loop_zeroes_exactly_the_removed_labels(inverse: bool) -> None:
-    """Every batch of the paired retrain: the base model's rows in the base model's order, and its labels
-    less those of the removed triples (and of their inverses)."""
-    from one_to_n import MaskingLCWATrainingLoop
-    from pykeen.training import LCWATrainingLoop
-    from pykeen.utils import set_random_seed
-
-    factory = _factory(inverse=inverse)
-    removed = factory.mapped_triples[torch.tensor([0, 5, 17, 300, 301, 1000])]
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"base": [], "paired": []}
-
-    original = LCWATrainingLoop._process_batch_static
-    for name, cls, extra in (
-        ("base", LCWATrainingLoop, {}),
-        ("paired", MaskingLCWATrainingLoop, {"removed": removed}),
-    ):
-
-        def recording(*args, _name=name, **kwargs):  # type: ignore[no-untyped-def]
-            batch = kwargs["batch"]
-            seen[_name].append((batch["pairs"].clone(), batch["target"].clone()))
-            return original(*args, **kwargs)
-
-        model = _conve(factory)
-        optimizer = torch.optim.Adam(model.parameters())
-        loop = cls(model=model, triples_factory=factory, optimizer=optimizer, **extra)
-        loop._process_batch_static = recording  # type: ignore[method-assign]
-        set_random_seed(0)
-        loop.train(triples_factory=factory, num_epochs=2, batch_size=64, use_tqdm=False, sub_batch_size=64)
-    assert len(seen["base"]) == len(seen["paired"]) > 4
-    relations = factory.num_relations
-    gone = {
-        (h * relations + r, t)
-        for h, r, t in factory._add_inverse_triples_if_necessary(mapped_triples=removed).tolist()
-    }
-    assert len(gone) == len(removed) * (2 if inverse else 1)
-    zeroed = set()
-    for (pairs, base), (pairs_paired, paired) in zip(seen["base"], seen["paired"]):
-        assert torch.equal(pairs, pairs_paired)
-        diff = (base != paired).nonzero().tolist()
-        for row, column in diff:
-            key = (int(pairs[row, 0]) * relations + int(pairs[row, 1]), column)
-            assert key in gone and base[row, column] == 1 and paired[row, column] == 0
-            zeroed.add(key)
-    assert zeroed == gone  # each removed label was met (2 epochs) and zeroed

@@ -83,7 +83,7 @@ _PRECISIONS: dict[str, torch.dtype | None] = {
 def default_batch_size(loss: str) -> int:
     """Training triples per step when none is given: large enough that per-step overhead is small.
 
-    Measured on FB15k-237 (``scripts/full_pass_benchmark.py``): 1024 triples per step made a full pass
+    Measured on FB15k-237 (``benchmarks/full_pass_benchmark.py``): 1024 triples per step made a full pass
     about 4x faster than 256, and 4096 was no faster. The 1-N ``ce`` loss keeps 256: its per-triple
     gradients hold a score per entity, and ConvE on FB15k-237 peaked at 3.6 GiB RSS with 256 against
     12 GiB with 1024.

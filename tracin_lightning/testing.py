@@ -2,7 +2,7 @@
 
 One backward pass per triple, the full dense gradient flattened, dot products in float64. It shares
 nothing with the engine except the per-triple loss definition, which is restated here on purpose.
-Pure torch; the tests and ``scripts/gpu_check.py`` (which runs it on the GPU) both use it.
+Pure torch; the tests and ``benchmarks/gpu/gpu_check.py`` (which runs it on the GPU) both use it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-#: Small PyKEEN model sizes the exactness checks train on Nations (tests and ``scripts/gpu_check.py``).
+#: Small PyKEEN model sizes the exactness checks train on Nations (tests and ``benchmarks/gpu/gpu_check.py``).
 SMALL_MODEL_KWARGS: dict[str, dict[str, Any]] = {
     "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
                   embedding_width=8),
@@ -36,7 +36,7 @@ SMALL_MODEL_KWARGS: dict[str, dict[str, Any]] = {
 
 
 def triple_loss(model: nn.Module, hrt: Tensor, loss: str, inverse: bool) -> Tensor:
-    """Loss of one triple ``(3,)``: softplus(-f) for ``bce``, -f for ``score``, 1-N cross-entropy for ``ce``."""
+    """Loss of one triple ``(3,)``: softplus(-f) (``bce``), -f (``score``), 1-N cross-entropy (``ce``)."""
 
     def one(h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         if loss == "ce":

@@ -194,7 +194,7 @@ def load_data(settings: Settings) -> Data:
 @contextmanager
 def _matmul_scoring(model: nn.Module) -> Iterator[None]:
     """For a package without ``tracin_lightning.training``: the same matrix-product forward for ConvE
-    (``scripts/one_to_n.py``) and DistMult, PyKEEN's class given back on exit."""
+    (``experiments/necessary_explanations/one_to_n.py``) and DistMult, PyKEEN's class given back on exit."""
     from pykeen.nn.modules import ConvEInteraction, DistMultInteraction
 
     interaction = model.interaction  # type: ignore[attr-defined]

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.research
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 def run(cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -20,7 +23,7 @@ def run(cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "necessary_explanations.py"),
+            str(HERE / "necessary_explanations.py"),
             "--smoke",
             "--cache",
             str(cache),
@@ -145,13 +148,13 @@ def test_validation_sweep_trains_the_cells_model() -> None:
     """The sweep's first stop is the cell's own model: the validation ranks of the cell's ``train``."""
     import numpy as np
 
-    sweep = [sys.executable, str(ROOT / "scripts" / "validation_sweep.py"), "--smoke"]
+    sweep = [sys.executable, str(HERE / "validation_sweep.py"), "--smoke"]
     sweep += ["--epochs", "3", "5", "--seeds", "0", "1", "--valid", "100"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]  # one JSON line per (seed, epochs)
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(HERE))
     import necessary_explanations as cell
 
     assert [(line["seed"], line["epochs"]) for line in lines] == [(0, 3), (0, 5), (1, 3), (1, 5)]
@@ -172,14 +175,14 @@ def test_validation_sweep_trains_the_cells_model() -> None:
 
 def test_validation_sweep_maps_the_relations_of_a_model_with_inverse_triples() -> None:
     """ConvE (1-N, inverse triples): the sweep's head-above-tail share is PyKEEN's predict_t's."""
-    sweep = [sys.executable, str(ROOT / "scripts" / "validation_sweep.py"), "--smoke", "--model", "conve"]
+    sweep = [sys.executable, str(HERE / "validation_sweep.py"), "--smoke", "--model", "conve"]
     sweep += ["--epochs", "2", "--valid", "100"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(sweep, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [json.loads(one) for one in done.stdout.splitlines()]
     assert line["loop"] == "lcwa" and line["loss"] == "bce"
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(HERE))
     import necessary_explanations as cell
 
     config = cell.make_config(cell.parse_args(["--smoke", "--model", "conve", "--epochs", "2"]))
@@ -212,7 +215,7 @@ def _batches_seen(monkeypatch: Any, cell: Any, config: Any, data: Any, removed: 
 
 def test_paired_retrain_leaves_out_only_the_removed_triples(monkeypatch: Any) -> None:
     """``--retrain paired``: the base model's batches and negatives, less the removed triples' rows."""
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(HERE))
     import necessary_explanations as cell
 
     config = cell.make_config(cell.parse_args(["--smoke", "--epochs", "2", "--retrain", "paired"]))
@@ -237,9 +240,9 @@ def test_paired_retrain_leaves_out_only_the_removed_triples(monkeypatch: Any) ->
 
 
 def test_conve_profile_runs_on_a_bundled_dataset() -> None:
-    """``scripts/profile_conve.py`` (the README's ConvE cost figures) runs and times its four steps."""
+    """``benchmarks/profile_conve.py`` (the README's ConvE cost figures) runs and times its four steps."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "scripts" / "profile_conve.py"), "--dataset", "nations"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "profile_conve.py"), "--dataset", "nations"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     timed = [line for line in done.stdout.splitlines() if line.endswith("s per batch (best of 2)")]
@@ -343,7 +346,7 @@ def test_rows_from_an_earlier_result_are_used_only_for_the_same_training(tmp_pat
         == f"{earlier_path}: its predictions are not this run's; its rows are not used"
     )
     # and one of another configuration before anything is trained
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(HERE))
     import necessary_explanations as cell
 
     config = cell.make_config(cell.parse_args(["--smoke", "--epochs", "3"]))

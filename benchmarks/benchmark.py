@@ -17,11 +17,11 @@ Methods (``--methods``, comma separated):
 
 Examples::
 
-    python scripts/benchmark.py                                   # Kinships ConvE, 100 test triples
-    python scripts/benchmark.py --model DistMult --loss ce
-    python scripts/benchmark.py --synthetic --model DistMult      # 1M triples, 100k entities, dim 200
-    python scripts/benchmark.py --scaling                         # T = 1 vs 100, N vs 2N training triples
-    python scripts/benchmark.py --profile                         # where the engine's time goes
+    python benchmarks/benchmark.py                                   # Kinships ConvE, 100 test triples
+    python benchmarks/benchmark.py --model DistMult --loss ce
+    python benchmarks/benchmark.py --synthetic --model DistMult      # 1M triples, 100k entities, dim 200
+    python benchmarks/benchmark.py --scaling                         # T = 1 vs 100, N vs 2N training triples
+    python benchmarks/benchmark.py --profile                         # where the engine's time goes
 
 Prints a markdown table and writes every number, with versions and thread count, as JSON
 (``--output``, written atomically).

@@ -7,9 +7,9 @@ knowledge graph embeddings", SIGMOD 2022), with TracIn and same-model baselines 
    with this package's :class:`~tracin_lightning.PyKEENTracInCallback`. ComplEx and TransE: sLCWA,
    ``--negatives`` uniformly corrupted negatives per positive, softplus loss (= BCE with logits) for
    ComplEx, margin ranking with margin 1 for TransE (see LOSSES); with ``--self-loop-negatives``, each
-   positive's ``(h, r, h)`` and ``(t, r, t)`` are negatives too (``scripts/self_loop_negatives.py``).
+   positive's ``(h, r, h)`` and ``(t, r, t)`` are negatives too (``self_loop_negatives.py``).
    ConvE: 1-N (LCWA) with inverse triples, BCE against every entity and label smoothing 0.1, as
-   Dettmers et al. train it, its tail scores computed as a matrix product (``scripts/one_to_n.py``;
+   Dettmers et al. train it, its tail scores computed as a matrix product (``one_to_n.py``;
    PyKEEN's scores otherwise). Report the filtered test MRR and hits@1/10 (both sides; filtered by
    train + valid + test, realistic ranks as PyKEEN's) beside a published figure.
 2. Pick ``--num-predictions`` (100) test triples whose tail the model ranks first (filtered tail rank
@@ -59,8 +59,8 @@ clone extends a published cell, e.g. with more ``--seeds``, without its cache).
 The JSON (``--output``, default ``<cache>/result.json``; rewritten atomically after every step) holds the
 configuration, the git commit, base-model quality, the predictions, every removal set and every result.
 
-    python scripts/necessary_explanations.py --dataset wn18rr --model ComplEx
-    python scripts/necessary_explanations.py --smoke        # seconds: Nations, tiny model (CI)
+    python experiments/necessary_explanations/necessary_explanations.py --dataset wn18rr --model ComplEx
+    python experiments/necessary_explanations/necessary_explanations.py --smoke  # seconds: Nations (CI)
 
 Published figures: PUBLISHED_MODELS (base-model quality) and PUBLISHED_NECESSARY (Kelpie's table) below,
 with their sources.
@@ -158,7 +158,7 @@ PUBLISHED_NECESSARY: dict[tuple[str, str], dict[str, Any]] = {
 #: Per-model defaults, for WN18RR. One WN18RR ComplEx epoch at these settings took ~5-6 CPU-seconds on
 #: one thread here (12-14 s wall with the machine shared), so a training run stays under ~10 minutes;
 #: ConvE's convolution costs more per triple. For FB15k-237 (3.1x the training triples) pass fewer
-#: epochs (scripts/necessary_all.sh does).
+#: epochs (experiments/necessary_explanations/necessary_all.sh does).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "complex": {"embedding_dim": 100, "epochs": 20, "lr": 0.01, "batch_size": 1024, "negatives": 4},
     "transe": {
@@ -171,7 +171,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # Dettmers et al.'s recipe (1-N with inverse triples, BCE, label smoothing 0.1, Adam 0.003, batch 128)
     # at dimension 100 and few epochs: an epoch took 61 s on FB15k-237 and 102 s on WN18RR here (one
-    # thread), so 10 / 8 epochs stay under ~14 minutes (scripts/necessary_all.sh passes them)
+    # thread), so 10 / 8 epochs stay under ~14 minutes (necessary_all.sh passes them)
     "conve": {
         "embedding_dim": 100,
         "epochs": 8,
@@ -195,9 +195,9 @@ MODEL_NAMES = {"complex": "ComplEx", "transe": "TransE", "conve": "ConvE"}
 #: TransE: softplus collapsed it on WN18RR (test MRR 0.015 after 40 epochs: a distance is >= 0, so
 #: softplus(-d) hardly pushes negatives away), so it is trained as Bordes et al. and Kelpie train it, with
 #: a margin ranking loss; the positive triple's part of max(0, 1 + d(pos) - d(neg)) is d(pos) = -f, the
-#: ``score`` loss. Learning rates chosen on 1,000 validation triples (scripts/validation_sweep.py; tail
+#: ``score`` loss. Learning rates chosen on 1,000 validation triples (validation_sweep.py; tail
 #: MRR after 10 / 20 epochs): FB15k-237: lr 0.01: 0.110 / 0.118; 0.001: 0.196 / 0.196; 0.0003: 0.121 /
-#: 0.119, hence ``--lr 0.001 --epochs 10`` there (scripts/necessary_all.sh). WN18RR: see the README.
+#: 0.119, hence ``--lr 0.001 --epochs 10`` there (necessary_all.sh). WN18RR: see the README.
 LOSSES: dict[str, tuple[str, str, str]] = {
     "softplus": ("SoftplusLoss", "softplus (BCE with logits)", "bce"),
     "marginranking": ("MarginRankingLoss", "margin ranking, margin 1", "score"),
@@ -206,7 +206,7 @@ LOSSES: dict[str, tuple[str, str, str]] = {
 }
 #: Training loops: sLCWA (positives and ``negatives`` uniform corruptions each), or 1-N (LCWA: every
 #: entity scored as the tail of each (h, r), with inverse triples, so heads are predicted as the tails
-#: of (t, r⁻¹), as Dettmers et al. train ConvE; ``scripts/one_to_n.py``).
+#: of (t, r⁻¹), as Dettmers et al. train ConvE; ``one_to_n.py``).
 LOOPS = ("slcwa", "lcwa")
 
 log = logging.getLogger("necessary")
@@ -767,7 +767,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--self-loop-negatives",
         action="store_true",
         default=None,
-        help="sLCWA: (h, r, h) and (t, r, t) as negatives too (scripts/self_loop_negatives.py)",
+        help="sLCWA: (h, r, h) and (t, r, t) as negatives too (self_loop_negatives.py beside this script)",
     )
     parser.add_argument(
         "--retrain",
@@ -803,7 +803,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="JSON",
-        help="earlier result JSONs of this cell (e.g. docs/results/necessary/): their rows are used where "
+        help="earlier result JSONs of this cell (e.g. in results/ here): their rows are used where "
         "the training is the same (configuration, removal set, seed) instead of retraining",
     )
     parser.add_argument("--smoke", action="store_true", help="Nations, dim 8, 4 epochs, 10 predictions (CI)")
@@ -925,7 +925,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data = load_data(config)
     result: dict[str, Any] = {
         "complete": False,
-        "command": " ".join(["python", "scripts/necessary_explanations.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [
+                "python",
+                "experiments/necessary_explanations/necessary_explanations.py",
+                *(argv or sys.argv[1:]),
+            ]
+        ),
         "commit": git_commit(),
         "config": asdict(config),
         "config_key": config.key(),

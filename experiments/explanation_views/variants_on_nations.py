@@ -8,8 +8,8 @@ fact against every test triple under each variant and reports, over the test tri
 - ``touching@10``: share of the top 10 that touch the prediction's head or tail;
 - ``on a path@10``: share of the top 10 that lie on a head-to-tail path of at most 3 facts.
 
-    python scripts/variants_on_nations.py --model DistMult
-    python scripts/variants_on_nations.py --model ConvE --loss bce
+    python experiments/explanation_views/variants_on_nations.py --model DistMult
+    python experiments/explanation_views/variants_on_nations.py --model ConvE --loss bce
 """
 
 from __future__ import annotations

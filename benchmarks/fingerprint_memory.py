@@ -12,7 +12,7 @@ one method's pages cannot help or hurt another, memory-maps it as ``TriplesDataM
 The peak-RSS increase is ``VmHWM`` after the hash minus ``VmRSS`` before it (the peak is reset first
 through ``/proc/self/clear_refs``). Linux only.
 
-Run: ``PYTHONPATH=$PWD python scripts/fingerprint_memory.py [--triples 20000000] [--dir /tmp]``
+Run: ``PYTHONPATH=$PWD python benchmarks/fingerprint_memory.py [--triples 20000000] [--dir /tmp]``
 """
 
 from __future__ import annotations

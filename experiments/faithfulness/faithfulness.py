@@ -34,8 +34,9 @@ fraction of test triples whose rank got worse, and one-sided Wilcoxon signed-ran
 the score more". For conditions with several draws the per-triple value is the mean over the draws
 (the fraction worse: the mean over triples of the fraction of draws that made it worse).
 
-    python scripts/faithfulness.py --dataset kinships --output runs/faithfulness/kinships.json
-    python scripts/faithfulness.py --dataset umls --output runs/faithfulness/umls.json
+    python experiments/faithfulness/faithfulness.py --dataset kinships \
+        --output runs/faithfulness/kinships.json
+    python experiments/faithfulness/faithfulness.py --dataset umls --output runs/faithfulness/umls.json
 
 (defaults: DistMult, dim 64, 30 epochs, Adam 0.01 halved every 10 epochs, a checkpoint every 5 epochs,
 20 test triples with tail rank <= 10, k = 10, 30 and 1% of the 1-hop neighbourhood, 3 random draws;

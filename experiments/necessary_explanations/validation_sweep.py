@@ -13,12 +13,15 @@ With ``--remove N``, every run after the first trains without N random training 
 head or tail of those validation triples, retrained as ``--retrain`` says: with the first seed repeated
 (``--seeds 0 0``), a validation estimate of the same-seed floor (the cell's ``random-far`` row).
 
-    python scripts/validation_sweep.py --dataset fb15k237 --model transe --lr 0.001 --epochs 10 20
-    python scripts/validation_sweep.py --dataset fb15k237 --model complex --lr 0.001 --epochs 13 25 \
+    python experiments/necessary_explanations/validation_sweep.py --dataset fb15k237 --model transe \
+        --lr 0.001 --epochs 10 20
+    python experiments/necessary_explanations/validation_sweep.py --dataset fb15k237 --model complex \
+        --lr 0.001 --epochs 13 25 \
         --seeds 0 1 --valid 3000
-    python scripts/validation_sweep.py --dataset fb15k237 --model complex --epochs 13 --seeds 0 0 \
+    python experiments/necessary_explanations/validation_sweep.py --dataset fb15k237 --model complex \
+        --epochs 13 --seeds 0 0 \
         --remove 400 --retrain paired
-    python scripts/validation_sweep.py --smoke     # seconds: Nations (CI)
+    python experiments/necessary_explanations/validation_sweep.py --smoke     # seconds: Nations (CI)
 """
 
 from __future__ import annotations

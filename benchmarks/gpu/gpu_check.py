@@ -1,7 +1,7 @@
 """One prepared GPU check: exactness on the device, mixed precision, torch.compile and speed at scale.
 
-    python scripts/gpu_check.py --output runs/gpu_check.json      # one H100/H200: at most ~8 minutes
-    python scripts/gpu_check.py --device cpu --smoke              # the same code on a tiny case
+    python benchmarks/gpu/gpu_check.py --output runs/gpu_check.json      # one H100/H200: at most ~8 minutes
+    python benchmarks/gpu/gpu_check.py --device cpu --smoke              # the same code on a tiny case
 
 Sections, in the order they run (each is given a share of ``--budget-s``; a case that would not fit
 in the time left is reported as ``skipped: time`` instead of overrunning):
@@ -57,8 +57,8 @@ import torch
 from torch import Tensor, nn
 
 import tracin_lightning
-from tracin_lightning.functional import compute_influence
 from tracin_lightning.engine.losses import TripleLoss
+from tracin_lightning.functional import compute_influence
 from tracin_lightning.lightning.datamodule import TriplesDataModule
 from tracin_lightning.lightning.module import TracInModule
 from tracin_lightning.outputs.atomic import write_json

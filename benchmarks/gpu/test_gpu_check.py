@@ -1,4 +1,4 @@
-"""``scripts/gpu_check.py --device cpu --smoke`` runs every section of the GPU check and writes its JSON."""
+"""``gpu_check.py --device cpu --smoke`` runs every section of the GPU check and writes its JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+pytestmark = pytest.mark.research
 SECTIONS = ("exactness", "throughput", "precision", "compile", "synthetic", "index")
 
 
@@ -18,7 +21,7 @@ SECTIONS = ("exactness", "throughput", "precision", "compile", "synthetic", "ind
 def test_smoke_run_writes_every_section_and_exactness_holds(tmp_path: Path) -> None:
     output = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--smoke"]
+    command = [sys.executable, str(HERE / "gpu_check.py"), "--device", "cpu", "--smoke"]
     done = subprocess.run(
         [*command, "--output", str(output)],
         cwd=tmp_path,

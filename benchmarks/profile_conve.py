@@ -5,10 +5,10 @@ one forward + backward of ``score_t`` on 256 (h, r) pairs, i.e. every entity sco
 1-N (LCWA) training scores a batch, beside one sLCWA batch (1,024 positives, 4 negatives each) and
 the 1-N step's last layer (features x every entity's embedding) done as one matrix product, and the
 1-N step of the cell's ConvE (``tracin_lightning.training.fast_one_to_n``, applied by
-``scripts/one_to_n.py``: that contraction as a matrix product), then prints the profiler's top
-operators for PyKEEN's 1-N step.
+``tracin_lightning.training.fast_one_to_n``: that contraction as a matrix product), then prints the
+profiler's top operators for PyKEEN's 1-N step.
 
-    python scripts/profile_conve.py --dataset wn18rr
+    python benchmarks/profile_conve.py --dataset wn18rr
 """
 
 from __future__ import annotations

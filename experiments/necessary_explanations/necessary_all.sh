@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD
 mkdir -p runs/necessary
 run() {  # dataset model [extra args]
     local cell="$1_$2"
-    nice -n 19 python scripts/necessary_explanations.py --dataset "$1" --model "$2" --threads 1 "${@:3}" \
+    nice -n 19 python experiments/necessary_explanations/necessary_explanations.py --dataset "$1" --model "$2" --threads 1 "${@:3}" \
         >> "runs/necessary/$cell.log" 2>&1 || echo "cell $cell failed (see runs/necessary/$cell.log)"
 }
 run wn18rr complex --seeds 5 --far-draws 4

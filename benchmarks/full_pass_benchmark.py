@@ -13,10 +13,10 @@ only ratios measured side by side are comparable.
 
 Example::
 
-    python scripts/full_pass_benchmark.py                      # both models, 1 and 3 checkpoints
-    python scripts/full_pass_benchmark.py --models DistMult --checkpoints 1 --repeats 1
-    python scripts/full_pass_benchmark.py --batch-size 1024    # a non-default batch size for both
-    python scripts/full_pass_benchmark.py --dataset kinships --models ConvE   # with inverse triples
+    python benchmarks/full_pass_benchmark.py                      # both models, 1 and 3 checkpoints
+    python benchmarks/full_pass_benchmark.py --models DistMult --checkpoints 1 --repeats 1
+    python benchmarks/full_pass_benchmark.py --batch-size 1024    # a non-default batch size for both
+    python benchmarks/full_pass_benchmark.py --dataset kinships --models ConvE   # with inverse triples
 """
 
 from __future__ import annotations

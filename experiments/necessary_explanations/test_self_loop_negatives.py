@@ -1,4 +1,4 @@
-"""Self-loop negatives for sLCWA (scripts/self_loop_negatives.py): the basic sampler's draws plus
+"""Self-loop negatives for sLCWA (self_loop_negatives.py): the basic sampler's draws plus
 ``(h, r, h)`` and ``(t, r, t)``, through the necessary-explanations cell's own training."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+
+pytestmark = pytest.mark.research
 
 pytest.importorskip("pykeen")
 

@@ -22,11 +22,11 @@ Sections (``--section``):
 
 Examples::
 
-    nice -n 10 python scripts/index_benchmark.py --section rows --model DistMult
-    nice -n 10 python scripts/index_benchmark.py --section conve --conve-train 5000
-    nice -n 10 python scripts/index_benchmark.py --section memory --synthetic 10000000
-    nice -n 10 python scripts/index_benchmark.py --section like --checkpoints 5 --max-size 1GB
-    nice -n 10 python scripts/index_benchmark.py --section like --like-dataset fb15k237 --num-train 8000 \
+    nice -n 10 python benchmarks/index_benchmark.py --section rows --model DistMult
+    nice -n 10 python benchmarks/index_benchmark.py --section conve --conve-train 5000
+    nice -n 10 python benchmarks/index_benchmark.py --section memory --synthetic 10000000
+    nice -n 10 python benchmarks/index_benchmark.py --section like --checkpoints 5 --max-size 1GB
+    nice -n 10 python benchmarks/index_benchmark.py --section like --like-dataset fb15k237 --num-train 8000 \
         --checkpoints 5 --max-size 294MB --like-full-size 272115 --like-full-budget 10GB
 
 Prints a markdown table per section (with the load average before and after it) and writes all

@@ -4,8 +4,8 @@ A random graph (``--entities``, ``--relations``, ``--train`` facts), an untraine
 cost of a dot product does not depend on the weights), two checkpoints, ``--test`` test triples.
 Prints seconds per variant, the ratio to plain TracInCP, and the load average.
 
-    python scripts/variants_cost.py --model DistMult --loss bce
-    python scripts/variants_cost.py --model ConvE --loss ce --train 2000
+    python benchmarks/variants_cost.py --model DistMult --loss bce
+    python benchmarks/variants_cost.py --model ConvE --loss ce --train 2000
 """
 
 from __future__ import annotations

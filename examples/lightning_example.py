@@ -1,6 +1,6 @@
 """Train a KGE model in your own Lightning project, keep TracIn checkpoints, then explain predictions.
 
-    python scripts/lightning_example.py --output runs/lightning_example
+    python examples/lightning_example.py --output runs/lightning_example
 
 1. A small LightningModule holding a PyKEEN DistMult is trained on bundled Nations with
    ``lightning.Trainer`` and the :class:`~tracin_lightning.TracInCheckpoint` callback, which keeps the

@@ -18,8 +18,8 @@ shared machine only ever adds time; every run is printed too):
 Ratios: ``ce / bce`` (goal <= 2) and ``ce / (K x epoch)`` (goal <= 2), from wall-clock time and, since
 a shared machine stretches wall time unevenly, from the process's CPU time too. Example::
 
-    python scripts/one_to_n_benchmark.py                          # both graphs, 1 checkpoint
-    python scripts/one_to_n_benchmark.py --checkpoints 5 --train-limit 3000 --graphs synthetic
+    python benchmarks/one_to_n_benchmark.py                          # both graphs, 1 checkpoint
+    python benchmarks/one_to_n_benchmark.py --checkpoints 5 --train-limit 3000 --graphs synthetic
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Agreement of bf16-mixed with float32 influence on the Kinships ConvE from scripts/train_kinships.py.
 
     python scripts/train_kinships.py --output runs/kinships_conve
-    python scripts/precision_agreement.py --num-test 20
+    python benchmarks/precision_agreement.py --num-test 20
 
 Prints the Spearman correlation of each test triple's influence row (torchmetrics) and the overlap of
 the top-10 proponents, float32 vs ``Trainer(precision="bf16-mixed")``, with both wall times.
