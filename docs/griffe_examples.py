@@ -3,7 +3,7 @@
 - Their doctests sit under ``Example:``. Google style knows ``Examples:`` as the section whose ``>>>``
   lines render as code; Griffe reads the singular as a plain admonition, whose lines Markdown would
   render as a block quote. The heading is renamed when the pages are built.
-- They cross-reference with Sphinx roles (``:func:`~tracin_lightning.api.compute_influence```), which
+- They cross-reference with Sphinx roles (``:func:`~tracin_lightning.functional.compute_influence```), which
   Markdown would print as they are. Each becomes inline code of the name (its last part with ``~``).
 
 The sources are left alone.

@@ -372,7 +372,7 @@ def test_without_the_report_extra_only_the_report_fails(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     code = HIDE_REPORT_EXTRA + textwrap.dedent(f"""
         import numpy as np
-        import tracin_lightning, tracin_lightning.api, tracin_lightning.evaluate
+        import tracin_lightning, tracin_lightning.functional, tracin_lightning.evaluate
         import tracin_lightning.lightning.writer
         from tracin_lightning.cli import main
         main(["prepare", "--train-path", {str(tmp_path / "train.tsv")!r},

@@ -244,7 +244,7 @@ def test_resolver() -> None:
 
 def test_views_on_a_trained_model(trained) -> None:
     """End to end: a real model's influence restricted by each view, lazily and from the full matrix."""
-    from tracin_lightning.api import compute_influence
+    from tracin_lightning.functional import compute_influence
 
     run = trained("DistMult", False)
     train, test = run.train, run.test[:3]

@@ -737,7 +737,7 @@ def build_index(
         >>> torch.allclose(index.influence(test), compute_influence(kge, train, test), atol=1e-6)
         True
     """
-    from ..api import predict_quietly
+    from ..lightning.quiet import predict_quietly
     from .query import InfluenceIndex
 
     data = TriplesDataModule.from_tensors(train_triples, train_triples[:1], maps=maps, batch_size=batch_size)
