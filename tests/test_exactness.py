@@ -161,9 +161,10 @@ def test_parameter_selection_matches_reference(trained, name: str) -> None:
     run = trained(name, True)
     patterns = ["interaction.hr1d.*"] if name == "ConvE" else ["relation_representations.*"]
     names = [n for n, _ in run.model.named_parameters() if n.startswith(patterns[0].rstrip("*"))]
-    ours = compute_influence(
-        run.model, run.train, run.test, checkpoints=run.states[-1:], learning_rates=[1.0], params=patterns
-    )
+    ours = compute_influence(  # the reference's loss: loss=None would infer DistMult's margin loss (score)
+        run.model, run.train, run.test, checkpoints=run.states[-1:], learning_rates=[1.0], params=patterns,
+        loss="bce",
+    )  # fmt: skip
     expected = reference_influence(
         run.model,
         run.train,
