@@ -54,7 +54,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 FORMAT = "tracin-lightning-index"
-VERSION = 1
+VERSION = 2  # 2: loss ce, budgeted forms and sketches (a version 1 projection would be misread)
 
 
 def flatten(grads: SampleGradients) -> dict[str, Tensor]:
