@@ -273,6 +273,7 @@ def test_cli_index_killed_resumed_then_explain(tmp_path: Path) -> None:
     assert not (tmp_path / "unused").exists()
     manifest = json.loads((tmp_path / "idx/manifest.json").read_text())
     assert manifest["inverse_triples"] and manifest["mode"] == "rows" and manifest["maps"] == "maps.json"
+    assert done.stdout.strip().splitlines()[-1] == f"index {tmp_path / 'idx'}: {manifest['summary']}"
 
     out = tmp_path / "explain.csv"
     done = cli("explain", "--index", str(tmp_path / "idx"), "--triple", "brazil", "embassy", "usa",

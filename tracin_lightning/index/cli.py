@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser
@@ -10,6 +11,7 @@ from typing_extensions import override
 from ..lightning.cli import TracInCLI, launch
 from ..outputs.atomic import atomic_path
 from .build import IndexModule, IndexWriter
+from .store import MANIFEST
 
 __all__ = ["IndexCLI", "index"]
 
@@ -39,15 +41,19 @@ class IndexCLI(TracInCLI):
         parser.add_argument("--writer", type=dict | None, default=None, help="predict's writer keys (unused)")
 
     def after_predict(self) -> None:  # LightningCLI's hook for the predict subcommand (found by name)
-        """Keep the resolved configuration in the finished index folder, for provenance.
+        """Keep the resolved configuration in the finished index folder, and say which form it took.
 
-        Written after the build, so a build refused on bad input leaves no ``config.yaml``.
+        The configuration is written after the build, so a build refused on bad input leaves no
+        ``config.yaml``; the printed line is the manifest's summary: exact or projected, why (the
+        size against ``index.max_bytes``), and a projected index's measured agreement with exact scores.
         """
         if self.trainer.is_global_zero:
             writer = next(c for c in self.trainer.callbacks if isinstance(c, IndexWriter))  # type: ignore[attr-defined]
             text = self._subcommand_parsers["predict"].dump(self.config["predict"], skip_none=False)
             with atomic_path(writer.directory / "config.yaml") as tmp:
                 tmp.write_text(text)
+            manifest = json.loads((writer.directory / MANIFEST).read_text())
+            print(f"index {writer.directory}: {manifest.get('summary', manifest.get('mode'))}", flush=True)
 
 
 def index(args: list[str]) -> None:

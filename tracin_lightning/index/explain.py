@@ -110,6 +110,8 @@ def explain(args: list[str]) -> None:
         raise TracInInputError(f"--top must be at least 1, got {options.top}")
     found = InfluenceIndex.open(options.index, model=options.model)
     print(describe_index(found), file=sys.stderr, flush=True)
+    if found.manifest.get("form", {}).get("kind", "exact") != "exact":  # estimates: say how good
+        print(f"projected index: {found.summary}", file=sys.stderr, flush=True)
     test = _test_triples(found, options.triple)
     if options.view:
         _write_views(found, test, options.view, top=options.top, output=options.output)
