@@ -76,7 +76,8 @@ def run(output: Path, *, epochs: int = 4, num_test: int = 5) -> tuple[KGEModule,
     )
     manifest = checkpoints / "manifest.json"
     explain.predict(
-        TracInModule(model=module.model, checkpoints=str(manifest), top_k=3),
+        # the loss this module trains with; the PyKEEN model's own .loss (margin ranking) is not used here
+        TracInModule(model=module.model, checkpoints=str(manifest), loss="bce", top_k=3),
         datamodule=TriplesDataModule(dataset="nations", num_test=num_test),
         return_predictions=False,
     )

@@ -457,11 +457,12 @@ def test_evaluate_reads_a_file_run_like_the_datamodule(
         "test_indices": [7, 2],
         "batch_size": 64,  # options evaluate does not need are ignored
     }
-    maps, train, test = _run_triples(config, tmp_path / "config.yaml")
+    maps, train, test, rows = _run_triples(config, tmp_path / "config.yaml")
     data = TriplesDataModule(**config)
     assert (
         maps == data.maps and torch.equal(train, data.train_triples) and torch.equal(test, data.test_triples)
     )
+    assert rows.tolist() == data.test_index.tolist() == [7, 2]
     assert test.shape == (2, 3)
     with pytest.raises(TracInInputError, match=r"test index 201 is out of range"):
         _run_triples({**config, "test_indices": [201]}, tmp_path / "config.yaml")
