@@ -83,10 +83,10 @@ _PRECISIONS: dict[str, torch.dtype | None] = {
 def default_batch_size(loss: str) -> int:
     """Training triples per step when none is given: large enough that per-step overhead is small.
 
-    Measured on FB15k-237 (``benchmarks/full_pass_benchmark.py``): 1024 triples per step made a full pass
-    about 4x faster than 256, and 4096 was no faster. The 1-N ``ce`` loss keeps 256: its per-triple
-    gradients hold a score per entity, and ConvE on FB15k-237 peaked at 3.6 GiB RSS with 256 against
-    12 GiB with 1024.
+    Measured on FB15k-237 (``benchmarks/full_pass_benchmark.py``): 1024 triples per step made a full
+    pass about 4x faster than 256, and 4096 was no faster. The 1-N ``ce`` loss keeps 256: its
+    per-triple gradients hold a score per entity, and on a 5,128-entity ConvE 1024 was slower than
+    256 (``benchmarks/one_to_n_benchmark.py --ce-batch-size 1024``).
 
     Example:
         >>> default_batch_size("bce"), default_batch_size("ce")
