@@ -28,12 +28,11 @@ from typing_extensions import override
 from ..engine.influence import CheckpointState, NonFiniteGradientError
 from ..engine.structure import SampleGradients, pairwise_dot
 from ..errors import TracInInputError
-from ..inputs.checkpoint_files import Checkpoint
 from ..lightning.contracts import ResumeState
 from ..lightning.datamodule import TriplesDataModule
 from ..lightning.module import TracInModule
 from ..outputs.atomic import atomic_path, write_json
-from ..outputs.digest import file_digest, state_digest, tensor_digest
+from ..outputs.digest import checkpoint_digest, file_digest, state_digest, tensor_digest
 from .store import (
     FORMAT,
     MANIFEST,
@@ -92,14 +91,6 @@ class IndexModule(TracInModule):
         return {"index": index, "gradients": out}
 
 
-def _checkpoint_digest(checkpoint: Checkpoint) -> str:
-    if checkpoint.source is None:
-        return "model"  # the model's own weights: covered by the model digest
-    if isinstance(checkpoint.source, Mapping):
-        return state_digest(checkpoint.source)
-    return file_digest(checkpoint.source)
-
-
 def fingerprint(
     module: TracInModule,
     train: Tensor,
@@ -115,7 +106,9 @@ def fingerprint(
     return {
         "model_class": type(module.kge_model).__name__,
         "model_state": state_digest(module.kge_model.state_dict()),
-        "checkpoints": [[c.name, c.learning_rate, _checkpoint_digest(c)] for c in module.checkpoint_list],
+        "checkpoints": [
+            [c.name, c.learning_rate, checkpoint_digest(c.source)] for c in module.checkpoint_list
+        ],
         "loss": module.loss_description,
         "params": list(module.param_names),
         "inverse": module.inverse,

@@ -32,7 +32,7 @@ from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
 from ..inputs.maps import LabelMaps, check_ids_fit_model
 from ..inputs.names import Names
-from ..outputs.digest import file_digest, state_digest
+from ..outputs.digest import checkpoint_digest, file_digest, state_digest
 from .store import (
     FORMAT,
     MANIFEST,
@@ -544,13 +544,12 @@ def _verify_checkpoints(
     folder: Path, manifest: Mapping[str, Any], checkpoints: Any, learning_rates: Sequence[float] | None
 ) -> None:
     from ..inputs.manifest import resolve_checkpoints
-    from .build import _checkpoint_digest
 
     resolved = resolve_checkpoints(
         checkpoints if isinstance(checkpoints, (str, Path)) else list(checkpoints),
         learning_rates=None if learning_rates is None else list(learning_rates),
     )
-    given = [[c.learning_rate, _checkpoint_digest(c)] for c in resolved]
+    given = [[c.learning_rate, checkpoint_digest(c.source)] for c in resolved]
     indexed = [[c["learning_rate"], c["content_sha256"]] for c in manifest["checkpoints"]]
     if given != indexed:
         raise TracInInputError(

@@ -32,7 +32,7 @@ from ..functional import resolve_run_loss, score_batch
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from ..inputs.manifest import resolve_checkpoints
 from ..inputs.maps import check_ids_fit_model, model_size
-from ..outputs.digest import file_digest, state_digest
+from ..outputs.digest import checkpoint_digest, state_digest
 from .contracts import PredictionInputs, ResumeState, RunRecord, prediction_inputs
 
 __all__ = ["Mode", "TracInModule"]
@@ -478,7 +478,7 @@ class TracInModule(L.LightningModule):
             "model_weights": state_digest(self.kge_model.state_dict()),
             "loss": self.loss_description,
             "checkpoints": [(c.name, c.learning_rate) for c in self.checkpoint_list],
-            "checkpoint_contents": [_checkpoint_digest(c) for c in self.checkpoint_list],
+            "checkpoint_contents": [checkpoint_digest(c.source) for c in self.checkpoint_list],
             "options": json.dumps(hparams, sort_keys=True, default=str),
         }
 
@@ -495,14 +495,6 @@ class TracInModule(L.LightningModule):
     def test_triple_list(self) -> Sequence[Sequence[int]]:
         """The test triples as id lists (after prediction started)."""
         return [] if self.test_triples is None else self.test_triples.tolist()
-
-
-def _checkpoint_digest(checkpoint: Checkpoint) -> str:
-    if checkpoint.source is None:
-        return "the model's own weights"  # covered by the model's digest
-    if isinstance(checkpoint.source, Mapping):
-        return state_digest(checkpoint.source)
-    return file_digest(checkpoint.source)
 
 
 def _is_triples(value: Tensor) -> bool:

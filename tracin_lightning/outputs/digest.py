@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import TracInInputError
 
-__all__ = ["BLOCK", "file_digest", "state_digest", "tensor_digest"]
+__all__ = ["BLOCK", "checkpoint_digest", "file_digest", "state_digest", "tensor_digest"]
 
 
 BLOCK = 1 << 20  # bytes per read or chunk
@@ -71,6 +71,23 @@ def state_digest(state: Mapping[str, Tensor]) -> str:
     for name, value in state.items():
         digest.update(f"{name}\0{tensor_digest(value)}\0".encode())
     return digest.hexdigest()
+
+
+def checkpoint_digest(source: str | Path | Mapping[str, Tensor] | None) -> str:
+    """The content digest of one checkpoint's weights, for resume fingerprints and index manifests.
+
+    A file by its bytes, a state dict in memory by its tensors; ``None`` (the model's own weights) is
+    ``"model"``, since the model's digest covers it.
+
+    Example:
+        >>> checkpoint_digest(None), len(checkpoint_digest({"w": torch.zeros(2)}))
+        ('model', 64)
+    """
+    if source is None:
+        return "model"
+    if isinstance(source, Mapping):
+        return state_digest(source)
+    return file_digest(source)
 
 
 def _update(digest: hashlib._Hash, tensor: Tensor) -> None:

@@ -30,7 +30,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from . import GenericAdapter, _inverse_by_parity
+from .base import GenericAdapter, inverse_by_parity
 
 __all__ = ["PyKEENAdapter", "matmul_interaction_class", "matmul_interactions"]
 
@@ -51,7 +51,7 @@ class PyKEENAdapter(GenericAdapter):
         inverter = getattr(model, "relation_inverter", None)
         default = getattr(sys.modules.get("pykeen.inverse"), "DefaultRelationInverter", None)
         if inverter is None or default is None or type(inverter) is default:
-            return _inverse_by_parity(hrt)  # out of place, so vmap- and compile-friendly
+            return inverse_by_parity(hrt)  # out of place, so vmap- and compile-friendly
         flipped = hrt.flip(-1)
         return inverter.map(batch=hrt, index=1), inverter.map(batch=flipped, index=1, invert=True)
 
