@@ -11,20 +11,19 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-__all__ = ["IndexModule", "IndexTopK", "IndexWriter", "InfluenceIndex", "build_index"]
+__all__ = ["IndexModule", "IndexWriter", "InfluenceIndex", "build_index"]
 
 # imported on first use, so that opening an index and answering from it never imports Lightning
 _EXPORTS = {
     "IndexModule": "build",
     "IndexWriter": "build",
     "build_index": "build",
-    "IndexTopK": "query",
     "InfluenceIndex": "query",
 }
 
 if TYPE_CHECKING:
     from .build import IndexModule, IndexWriter, build_index
-    from .query import IndexTopK, InfluenceIndex
+    from .query import InfluenceIndex
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -46,6 +46,9 @@ from .store import (
     per_checkpoint,
     read_state,
 )
+
+if TYPE_CHECKING:
+    from .query import InfluenceIndex
 
 __all__ = ["DEFAULT_MAX_BYTES", "IndexForm", "IndexModule", "IndexWriter", "build_index", "choose_form"]
 
@@ -696,7 +699,7 @@ def build_index(
     flush_every: int = 50,
     durable: bool = False,
     resume: bool = True,
-) -> Any:
+) -> InfluenceIndex:
     """Build an influence index of ``train_triples`` in ``directory`` and open it.
 
     Arguments as in :func:`~tracin_lightning.functional.compute_influence` (``loss`` None: the loss the

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +44,10 @@ from .store import (
     unflatten,
 )
 
-__all__ = ["IndexTopK", "InfluenceIndex", "agreement"]
+__all__ = ["InfluenceIndex", "agreement"]
 
 #: bytes of stored gradients read per streamed chunk (bounds a streaming query's memory)
 CHUNK_BYTES = 1 << 27
-
-
-@dataclass
-class IndexTopK:
-    """Top-k proponents and opponents per test triple, each ``(T, k)``.
-
-    Proponents are the ``k`` largest scores in descending order, opponents the ``k`` smallest in
-    ascending order; equal scores are ordered by ascending training row, exactly as a stable full sort
-    of :meth:`InfluenceIndex.influence`'s rows (training triples sharing nothing with the test triple
-    score exactly 0 and take part in that order like any other 0).
-    """
-
-    proponent_values: Tensor
-    proponent_index: Tensor
-    opponent_values: Tensor
-    opponent_index: Tensor
 
 
 class InfluenceIndex:
@@ -292,15 +275,19 @@ class InfluenceIndex:
                 out[:, torch.from_numpy(rows)] = scores.cpu()
         return out
 
-    def top_k(self, test_triples: Tensor | Sequence[Sequence[Any]], k: int = 10) -> IndexTopK:
-        """The ``k`` strongest proponents and opponents of each test triple (see :class:`IndexTopK`).
+    def top_k(self, test_triples: Tensor | Sequence[Sequence[Any]], top_k: int = 10) -> TopK:
+        """The ``top_k`` strongest proponents and opponents of each test triple, as ``compute_top_influence``.
 
-        Row-only indexes score only the training triples that share a row with the test triple and
-        never form ``(T, N)``; streaming indexes keep a running top-k over the chunks.
+        Proponents are the largest scores in descending order, opponents the smallest in ascending
+        order; equal scores are ordered by ascending training row, exactly as a stable full sort of
+        :meth:`influence`'s rows (training triples sharing nothing with the test triple score exactly 0
+        and take part in that order like any other 0). Row-only indexes score only the training
+        triples that share a row with the test triple and never form ``(T, N)``; streaming indexes
+        keep a running top-k over the chunks.
         """
-        if k < 1:
-            raise TracInInputError(f"k must be at least 1, got {k}")
-        k = min(k, self.num_train)
+        if top_k < 1:
+            raise TracInInputError(f"top_k must be at least 1, got {top_k}")
+        k = min(top_k, self.num_train)
         if self.mode == "sketch":  # every training triple scores: a (T, N) block at a time
             test = self.encode(test_triples)
             blocks: list[TopK] = []
@@ -310,18 +297,18 @@ class InfluenceIndex:
                     TopK.empty(num_test=chunk.shape[0], k=k).update(scores, torch.arange(self.num_train))
                 )
             names = ("proponent_values", "proponent_index", "opponent_values", "opponent_index")
-            return IndexTopK(*(torch.cat([getattr(b, name) for b in blocks]) for name in names))
+            return TopK(k, *(torch.cat([getattr(b, name) for b in blocks]) for name in names))
         test = self.encode(test_triples)
         parts = [flatten(g) for g in self._test_grads(test)]
         if self.mode == "rows":
             found = [
                 _sparse_topk(*self._row_scores(parts, t), self.num_train, k) for t in range(test.shape[0])
             ]
-            return IndexTopK(*(torch.stack([f[i] for f in found]) for i in range(4)))
+            return TopK(k, *(torch.stack([f[i] for f in found]) for i in range(4)))
         top = TopK.empty(num_test=test.shape[0], k=k)
         for rows, scores in self._stream(parts):
             top = top.update(scores.cpu(), torch.from_numpy(rows))
-        return IndexTopK(top.proponent_values, top.proponent_index, top.opponent_values, top.opponent_index)
+        return top
 
     # ------------------------------------------------------------- row mode
     def _row_scores(self, parts: Sequence[Mapping[str, Tensor]], t: int) -> tuple[np.ndarray, Tensor]:
