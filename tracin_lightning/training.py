@@ -4,8 +4,8 @@ PyKEEN's ConvE, DistMult, TuckER and ER-MLP (E) interactions end with ``(x * t).
 batch of ``(h, r)`` rows against every entity (1-N / LCWA training, ``score_t``) then materialises a
 ``(batch, entities, dim)`` product: for ConvE on WN18RR, 83% of a 12.1 s step. :func:`fast_one_to_n`
 gives the model's interaction the same forward with that contraction written as one matrix product
-(0.25 s for the same step, ``python benchmarks/profile_conve.py``). ComplEx, RESCAL and CP, which
-PyKEEN writes as ``einsum``, get the same form.
+(0.25 s for the same step, ``python experiments/necessary_explanations/profile_conve.py``).
+ComplEx, RESCAL and CP, which PyKEEN writes as ``einsum``, get the same form.
 
 Only the class of the interaction module changes, and only while the patch is on: parameters,
 buffers, the state dict, the order of dropout's random draws and the scores (up to float rounding)

@@ -3,7 +3,7 @@ PyKEEN's LCWA loop with removed triples taken out of the labels (the paired retr
 
 PyKEEN's ``ConvEInteraction`` ends with ``batched_dot(x, t) = (x * t).sum(-1)``: scoring a batch of
 ``(h, r)`` features against every entity materialises a ``(batch, entities, dim)`` product, 83% of a
-12.1 s step on WN18RR (``benchmarks/profile_conve.py``). :func:`use_matmul_scoring` applies the package's
+12.1 s step on WN18RR (``profile_conve.py``). :func:`use_matmul_scoring` applies the package's
 :func:`tracin_lightning.training.fast_one_to_n`, which computes the same contraction with ``einsum``
 (one matrix product); parameters, state dict, dropout's random draws and scores are PyKEEN's (checked
 in ``tests/test_one_to_n.py``).

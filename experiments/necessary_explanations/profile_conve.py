@@ -8,7 +8,7 @@ the 1-N step's last layer (features x every entity's embedding) done as one matr
 ``tracin_lightning.training.fast_one_to_n``: that contraction as a matrix product), then prints the
 profiler's top operators for PyKEEN's 1-N step.
 
-    python benchmarks/profile_conve.py --dataset wn18rr
+    python experiments/necessary_explanations/profile_conve.py --dataset wn18rr
 """
 
 from __future__ import annotations
