@@ -58,6 +58,7 @@ __all__ = [
     "compute_self_influence",
     "compute_top_influence",
     "default_batch_size",
+    "eval_mode",
     "influence_matrix",
     "prepare",
     "resolve_run_loss",
@@ -154,21 +155,16 @@ class TracInRun:
     @contextmanager
     def computing(self) -> Iterator[None]:
         """Gradients on, the model in eval mode (modes put back after), autocast as asked."""
-        modes = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            with (
-                torch.enable_grad(),
-                torch.autocast(
-                    device_type=self.device.type,
-                    dtype=self.autocast_dtype or torch.float32,
-                    enabled=self.autocast_dtype is not None,
-                ),
-            ):
-                yield
-        finally:
-            for module, training in modes:
-                module.training = training
+        with (
+            eval_mode(self.model),
+            torch.enable_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ),
+        ):
+            yield
 
     def test_gradients(self, test_triples: Tensor, *, batch_size: int = 256) -> list[SampleGradients]:
         """Per-checkpoint gradients of the ``(T, 3)`` test triples (already on ``device``)."""
@@ -196,6 +192,27 @@ class TracInRun:
         )
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block; every submodule's own mode is put back after.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Dropout().eval())
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> [m.training for m in net.modules()]
+        [True, True, False]
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def all_tail_scores(
     model: nn.Module, triples: Tensor, *, inverse: bool, device: torch.device | str | None = None
 ) -> Tensor | None:
@@ -217,14 +234,8 @@ def all_tail_scores(
     hrt = triples.long().to(_model_device(model) if device is None else device)
     if inverse:
         hrt, _ = adapter.inverse_triples(model, hrt)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            return adapter.score_t(model, hrt[:, :2]).float().cpu()
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        return adapter.score_t(model, hrt[:, :2]).float().cpu()
 
 
 def _rows(triples: Tensor) -> Tensor:
