@@ -95,6 +95,7 @@ from tracin_lightning.outputs.atomic import atomic_path, write_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from one_to_n import MaskingLCWATrainingLoop, use_matmul_scoring
 from self_loop_negatives import SelfLoopNegativeSampler
+from views_suite import SUITE_VARIANTS, suite_sets
 
 #: Filtered test MRR / H@1 / H@10 (both sides) published for the same model and dataset, each with where
 #: it was checked. TransE: the test-set logs Nguyen et al. ship with ConvKB (NAACL 2018; its TransE row),
@@ -184,6 +185,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 BUNDLED = ("nations", "kinships", "umls")
+#: Datasets shipped beside this script (``data/<name>/``, with their origin and licence there).
+SHIPPED = {"codexs": "codex-s"}
 #: Model arguments by default. ComplEx: no regulariser (PyKEEN's default adds an L2 term, which is not
 #: part of the loss TracIn differentiates), and Xavier-normal initialisation instead of PyKEEN's
 #: standard normal: with the latter, 40 epochs reached a WN18RR test MRR of 0.070; with Xavier, 10 epochs
@@ -287,6 +290,28 @@ class Data:
     known_heads: dict[tuple[int, int], list[int]]
 
 
+def shipped_dataset(name: str) -> Any:
+    """A dataset of ``data/<name>/`` beside this script, its maps over all three splits (as the
+    ``*-all-splits`` datasets: no validation or test entity is left without an id)."""
+    import pandas as pd
+    from pykeen.datasets import EagerDataset
+    from pykeen.triples import TriplesFactory
+
+    folder = Path(__file__).resolve().parent / "data" / name
+    splits = {
+        split: pd.read_csv(folder / f"{split}.txt.gz", sep="\t", header=None, dtype=str).to_numpy()
+        for split in ("train", "valid", "test")
+    }
+    every = np.concatenate(list(splits.values()))
+    entities = {label: i for i, label in enumerate(sorted(set(every[:, 0]) | set(every[:, 2])))}
+    relations = {label: i for i, label in enumerate(sorted(set(every[:, 1])))}
+    factories = {
+        split: TriplesFactory.from_labeled_triples(triples, entity_to_id=entities, relation_to_id=relations)
+        for split, triples in splits.items()
+    }
+    return EagerDataset(factories["train"], factories["test"], factories["valid"])
+
+
 def load_data(config: Config) -> Data:
     from pykeen.triples import TriplesFactory
 
@@ -294,6 +319,8 @@ def load_data(config: Config) -> Data:
         from pykeen.datasets import get_dataset as get_bundled
 
         dataset = get_bundled(dataset=config.dataset)
+    elif config.dataset in SHIPPED:
+        dataset = shipped_dataset(SHIPPED[config.dataset])
     else:  # the maps over all three splits that every published cell was trained with
         dataset = get_dataset(f"{config.dataset}-all-splits")
     training = dataset.training
@@ -455,7 +482,9 @@ def train(config: Config, data: Data, removed: Sequence[int], seed: int, directo
     """Train from scratch without the training rows ``removed``; TracIn checkpoints go to ``directory``."""
     model = build_model(config, data.training, seed)
     epochs = config.checkpoint_epochs()
-    callbacks = [] if directory is None else [PyKEENTracInCallback(directory=directory, epochs=epochs)]
+    callbacks = []  # Adam's second moment too, for the ``adam`` scoring variant
+    if directory is not None:
+        callbacks = [PyKEENTracInCallback(directory=directory, epochs=epochs, save_exp_avg_sq=True)]
     Training(config, model, data, seed, removed).until(config.epochs, callbacks=callbacks)
     model.eval()
     return model
@@ -704,6 +733,44 @@ def explanations(
     return sets
 
 
+def suite_explanations(
+    config: Config,
+    data: Data,
+    model: nn.Module,
+    predictions: Tensor,
+    chosen: np.ndarray,
+    manifest: Path,
+    common: dict[str, Any],
+    sets: dict[str, list[list[int]]],
+    timing: dict[str, Any],
+    cache: Path,
+) -> dict[str, list[list[int]]]:
+    """The ``views`` suite's removal sets (views_suite.py), with the cell's random-head, similar-head
+    and random-far baselines from ``sets``; each variant's influence is computed once and cached."""
+    train_ids = data.training.mapped_triples
+    pkey = config.unremoved.key(chosen.tolist())
+    influences = {}
+    for variant in SUITE_VARIANTS:
+        influences[variant], seconds = cached_tensor(
+            cache / f"influence-{variant}-{pkey}.pt",
+            lambda variant=variant: compute_influence(
+                model, train_ids, predictions, checkpoints=str(manifest), variant=variant, **common
+            ),
+        )
+        timing[f"influence_{variant}_s"] = seconds
+    budget = config.budget
+    suite = suite_sets(
+        model=model,
+        train=train_ids,
+        predictions=predictions,
+        influences=influences,
+        ks=sorted({1, budget}),
+        num_entities=data.training.num_entities,
+    )
+    baselines = [f"random-head@k={budget}", f"similar-head@k={budget}", f"random-far@k={budget}"]
+    return {**suite, **{name: sets[name] for name in baselines}}
+
+
 def entity_degrees(train: Tensor, predictions: Tensor, num_entities: int) -> dict[str, float]:
     """Median number of training triples that mention the predictions' heads, and their tails."""
     degree = torch.bincount(train[:, 0], minlength=num_entities) + torch.bincount(
@@ -805,6 +872,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="earlier result JSONs of this cell (e.g. in results/ here): their rows are used where "
         "the training is the same (configuration, removal set, seed) instead of retraining",
+    )
+    parser.add_argument(
+        "--suite",
+        choices=("kelpie", "views"),
+        default="kelpie",
+        help="kelpie: the published cells' explainers; views: every explanation view and scoring "
+        "variant at k = 1 and the matched k, Data Poisoning, random-head, similar-head, random-far "
+        "(views_suite.py beside this script)",
     )
     parser.add_argument("--smoke", action="store_true", help="Nations, dim 8, 4 epochs, 10 predictions (CI)")
     return parser.parse_args(argv)
@@ -1018,10 +1093,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config, data, base, predictions, influence, self_influence, influence_last, args.seeds, args.far_draws
     )
     budget = config.budget
+    if args.suite == "views":
+        sets = suite_explanations(
+            config, data, base, predictions, chosen, manifest, common, sets, timing, cache
+        )
     plan: list[tuple[str, str, int]] = [("noise", "", config.seed + 1)]
     plan += [(name, name, config.seed) for name in sets if "@seed" not in name]
     plan.append(("repeat", "", config.seed))  # no removal, same seed: must give the base model back
-    for j in range(2, args.seeds + 1):
+    for j in range(2, args.seeds + 1 if args.suite == "kelpie" else 2):  # views: one seed
         plan += [
             (f"tracin@k={budget}@seed{j}", f"tracin@k={budget}", config.seed + j - 1),
             (f"random-head@k={budget}@seed{j}", f"random-head@k={budget}@seed{j}", config.seed + j - 1),
@@ -1031,6 +1110,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # required explainers first, so that a short run gets them, then the same-seed floor (the one the
     # paired retrain is read against)
     order = ["noise", "tracin@k=1", f"tracin@k={budget}", f"tracin-head@k={budget}"]
+    if args.suite == "views":  # the default view and what it is judged against first
+        order = ["noise", f"supporting@k={budget}", f"tracin@k={budget}", f"data-poisoning@k={budget}"]
     order += [f"random-head@k={budget}", f"similar-head@k={budget}", f"random-far@k={budget}"]
     plan.sort(key=lambda item: order.index(item[0]) if item[0] in order else len(order))
     result["removal_sets"] = sets
