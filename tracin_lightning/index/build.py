@@ -33,6 +33,7 @@ from ..lightning.datamodule import TriplesDataModule
 from ..lightning.module import TracInModule
 from ..outputs.atomic import atomic_path, write_json
 from ..outputs.digest import checkpoint_digest, file_digest, state_digest, tensor_digest
+from ..outputs.resume import check_fingerprint
 from .store import (
     FORMAT,
     MANIFEST,
@@ -356,15 +357,12 @@ class IndexWriter(BasePredictionWriter):
         folder = self.shard_folder(rank)
         state = read_state(folder)
         if state is not None and self.resume:
-            if state["fingerprint"] != self._fingerprint:
-                differ = sorted(
-                    k for k in self._fingerprint if state["fingerprint"].get(k) != self._fingerprint[k]
-                )
-                raise TracInInputError(
-                    f"{self.directory} holds a partial index of a different build (differs in: "
-                    f"{', '.join(differ)}); refusing to mix them: use another directory, or resume: false "
-                    "to start over"
-                )
+            check_fingerprint(
+                state.fingerprint,
+                self._fingerprint,
+                what=f"{self.directory} holds a partial index of a different build",
+                remedy="use another directory, or resume: false to start over",
+            )
         elif folder.exists():
             shutil.rmtree(folder)
             state = None
@@ -372,7 +370,7 @@ class IndexWriter(BasePredictionWriter):
             (self.directory / MANIFEST).unlink(missing_ok=True)  # until rewritten, the index is incomplete
         rows, self._offsets = _rank_rows(int(train.shape[0]), batch_size, rank, world)
         self._writer = ShardWriter(folder, rows, len(pl_module.checkpoint_list), self._fingerprint)
-        self._done = [] if state is None else list(state["done"])
+        self._done = [] if state is None else list(state.done)
         self._batches = 0
         self.form, self._sketch, self._check_grads = None, None, []
         pl_module.resume(ResumeState(done_batches=frozenset(self._done), topk=None))
@@ -509,7 +507,7 @@ class IndexWriter(BasePredictionWriter):
         metas = []
         for folder in folders:
             state = read_state(folder)
-            if state is None or not state["complete"] or state["fingerprint"] != self._fingerprint:
+            if state is None or not state["complete"] or state.fingerprint != self._fingerprint:
                 raise RuntimeError(f"{folder} is not a complete shard of this build")
             metas.append(json.loads((folder / "meta.json").read_text()))
         parts = [PartSpec.from_dict(p) for p in metas[0]["parts"]]

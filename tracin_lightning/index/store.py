@@ -40,6 +40,7 @@ from torch import Tensor
 from ..engine.structure import LinearGradients, RowGradients, SampleGradients, TableGradients
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path, write_json
+from ..outputs.resume import RunState
 
 __all__ = [
     "MANIFEST",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+#: a shard's resume record (see :class:`~tracin_lightning.outputs.resume.RunState`)
+STATE = "state.json"
 FORMAT = "tracin-lightning-index"
 VERSION = 2  # 2: loss ce, budgeted forms and sketches (a version 1 projection would be misread)
 
@@ -434,10 +437,7 @@ class ShardWriter:
         if durable:
             for fd, _, _ in self._fds.values():
                 os.fsync(fd)
-        write_json(
-            self.folder / "state.json",
-            {"fingerprint": self.fingerprint, "done": sorted(done), "complete": complete},
-        )
+        RunState(self.fingerprint, sorted(done), {"complete": complete}).save(self.folder / STATE)
 
     def close(self) -> None:
         for fd, _, _ in self._fds.values():
@@ -445,10 +445,9 @@ class ShardWriter:
         self._fds = {}
 
 
-def read_state(folder: Path) -> dict[str, Any] | None:
-    """A shard's recorded progress, or None when it recorded nothing."""
-    path = folder / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_state(folder: Path) -> RunState | None:
+    """A shard's recorded progress (``done`` batches, ``complete``), or None when it recorded nothing."""
+    return RunState.load(folder / STATE)
 
 
 # ------------------------------------------------------------------------------------------ inverted

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from ..errors import TracInInputError
 from ..functional import all_tail_scores
 from ..outputs.atomic import atomic_path, write_json
 from ..outputs.directory import require_writable_dir
+from ..outputs.resume import RunState, check_fingerprint, make_durable, open_appendable
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 from ..report.views import EXPLANATIONS_FILE, explanation_rows, write_explanations
 from ..views import TooManyPathsError, explain_with_views, resolve_view, tail_ranks
@@ -98,7 +98,7 @@ class InfluenceWriter(BasePredictionWriter):
         self._batches = 0
         self._done: list[int] = []
         self._earlier_segments: list[float] = []  # wall seconds of the interrupted segments before this one
-        self._resumed: dict[str, Any] | None = None
+        self._resumed: RunState | None = None
         self._fingerprint: dict[str, Any] = {}
         self._files: dict[str, Any] = {}
 
@@ -133,31 +133,23 @@ class InfluenceWriter(BasePredictionWriter):
         self._files = {}
         if self.save_matrix or record.mode == "self":
             for name in ("values", "index"):
-                path = self.partial_dir / f"{name}.rank{rank}.bin"
-                handle = open(path, "r+b" if self._resumed else "wb")  # noqa: SIM115
-                if self._resumed:  # drop whatever was appended after the last recorded chunk
-                    handle.truncate(self._resumed["bytes"][name])
-                    handle.seek(0, 2)
-                self._files[name] = handle
+                # a resume drops whatever was appended after the last recorded chunk
+                size = None if self._resumed is None else self._resumed["bytes"][name]
+                self._files[name] = open_appendable(self.partial_dir / f"{name}.rank{rank}.bin", size)
         if self._resumed:
             self._count, self._batches = self._resumed["triples"], self._resumed["batches"]
-            self._done = list(self._resumed["done"])
+            self._done = list(self._resumed.done)
             self._earlier_segments = list(self._resumed["segments"])
 
-    def _load_state(self, trainer: L.Trainer, rank: int) -> dict[str, Any] | None:
-        path = self._state_path(rank)
-        if not path.is_file():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        old = state["fingerprint"]
-        if old != self._fingerprint:
-            differ = sorted(k for k in self._fingerprint if old.get(k) != self._fingerprint[k])
-            changes = _changes(old, self._fingerprint, prediction_inputs(trainer))
-            raise TracInInputError(
-                f"{self.output_dir} holds partial results of a different run "
-                f"(differs in: {', '.join(differ)}){''.join(f'; {c}' for c in changes)}; "
-                "refusing to mix them: use another output_dir, or delete "
-                f"{self.partial_dir} to start over"
+    def _load_state(self, trainer: L.Trainer, rank: int) -> RunState | None:
+        state = RunState.load(self._state_path(rank))
+        if state is not None:
+            check_fingerprint(
+                state.fingerprint,
+                self._fingerprint,
+                what=f"{self.output_dir} holds partial results of a different run",
+                remedy=f"use another output_dir, or delete {self.partial_dir} to start over",
+                details=lambda: _changes(state.fingerprint, self._fingerprint, prediction_inputs(trainer)),
             )
         return state
 
@@ -218,24 +210,17 @@ class InfluenceWriter(BasePredictionWriter):
 
     def _save_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Make everything so far durable, then record it: a kill at any point loses at most one chunk."""
-        sizes = {}
-        for name, handle in self._files.items():
-            handle.flush()
-            os.fsync(handle.fileno())
-            sizes[name] = handle.tell()
+        sizes = make_durable(self._files)
         topk = _producer(pl_module).current_topk()
-        state = {
-            "fingerprint": self._fingerprint,
+        extra = {
             "rank": trainer.global_rank,
             "triples": self._count,
             "batches": self._batches,
-            "done": self._done,
             "bytes": sizes,
             "segments": self._segments(),
             "topk": None if topk is None else topk.to("cpu"),
         }
-        with atomic_path(self._state_path(trainer.global_rank)) as tmp:
-            torch.save(state, tmp)
+        RunState(self._fingerprint, self._done, extra).save(self._state_path(trainer.global_rank))
 
     @override
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -262,7 +247,7 @@ class InfluenceWriter(BasePredictionWriter):
     # ---------------------------------------------------------------- merge
     def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         world = trainer.world_size
-        summaries = [torch.load(self._state_path(r), weights_only=False) for r in range(world)]
+        summaries = [_recorded(self._state_path(r)) for r in range(world)]
         inputs = prediction_inputs(trainer)
         record = _producer(pl_module).run_record()
         labels = _Labels(inputs, record)
@@ -466,6 +451,14 @@ class _TrainLabels(Sequence[tuple[str, str, str]]):
 
     def __len__(self) -> int:
         return 0 if self.labels.train is None else int(self.labels.train.shape[0])
+
+
+def _recorded(path: Path) -> dict[str, Any]:
+    """A rank's record as stored (its counts, sizes, timings and top-k), for the merge."""
+    state = RunState.load(path)
+    if state is None:
+        raise RuntimeError(f"{path} is missing: a rank finished without recording its results")
+    return state.as_dict()
 
 
 def _segment_walls(per_rank: list[list[float]]) -> list[float]:
