@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tracin_lightning import functional
+from tracin_lightning.core.model import model_device
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.functional import compute_influence, compute_self_influence, compute_top_influence
 
@@ -235,10 +235,10 @@ class _Placed(nn.Module):
 
 
 def test_the_device_follows_the_model() -> None:
-    assert functional._model_device(_Placed("cuda:1")) == torch.device("cuda:1")
-    assert functional._model_device(_Placed("cpu")) == torch.device("cpu")
+    assert model_device(_Placed("cuda:1")) == torch.device("cuda:1")
+    assert model_device(_Placed("cpu")) == torch.device("cpu")
     with pytest.raises(TracInInputError, match=r"several devices \(cpu, cuda:1\)"):
-        functional._model_device(_Placed("cpu", "cuda:1"))
+        model_device(_Placed("cpu", "cuda:1"))
 
 
 def test_another_device_runs_on_a_copy(trained) -> None:
