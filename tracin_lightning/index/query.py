@@ -31,7 +31,9 @@ from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
 from ..inputs.maps import LabelMaps, check_ids_fit_model
 from ..inputs.names import Names
-from ..outputs.digest import checkpoint_digest, file_digest, state_digest
+from ..outputs.digest import state_digest
+from .agreement import agreement
+from .sparse_topk import sparse_topk
 from .store import (
     FORMAT,
     MANIFEST,
@@ -43,8 +45,9 @@ from .store import (
     per_checkpoint,
     unflatten,
 )
+from .verify import verify_checkpoints, verify_files
 
-__all__ = ["InfluenceIndex", "agreement"]
+__all__ = ["InfluenceIndex", "agreement"]  # agreement lives in .agreement, importable from here too
 
 #: bytes of stored gradients read per streamed chunk (bounds a streaming query's memory)
 CHUNK_BYTES = 1 << 27
@@ -153,19 +156,7 @@ class InfluenceIndex:
         )
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise TracInInputError(f"{folder / MANIFEST}: not a version {VERSION} {FORMAT} manifest")
-        _verify_file(folder / manifest["model_file"], manifest["model_sha256"])
-        for checkpoint in manifest["checkpoints"]:
-            _verify_file(folder / checkpoint["file"], checkpoint["sha256"])
-        if manifest.get("sketch"):
-            _verify_file(
-                folder / manifest["sketch"]["directions"]["file"], manifest["sketch"]["directions"]["sha256"]
-            )
-        for shard in manifest["shards"]:
-            meta = json.loads((folder / shard["directory"] / "meta.json").read_text())
-            if meta["fingerprint"] != manifest["fingerprint"]:
-                raise TracInInputError(
-                    f"{folder / shard['directory']}: a shard of another build; rebuild the index"
-                )
+        verify_files(folder, manifest)
         device = torch.device(device)
         kge = torch.load(folder / manifest["model_file"], map_location=device, weights_only=False)
         if model is not None:
@@ -178,7 +169,7 @@ class InfluenceIndex:
                     "by sha256): rebuild the index for this model"
                 )
         if checkpoints is not None:
-            _verify_checkpoints(folder, manifest, checkpoints, learning_rates)
+            verify_checkpoints(folder, manifest, checkpoints, learning_rates)
         if str(manifest["loss"]).startswith("custom"):
             raise TracInInputError(
                 f"{folder}: the index was built with a custom loss_fn, which cannot be reopened"
@@ -302,7 +293,7 @@ class InfluenceIndex:
         parts = [flatten(g) for g in self._test_grads(test)]
         if self.mode == "rows":
             found = [
-                _sparse_topk(*self._row_scores(parts, t), self.num_train, k) for t in range(test.shape[0])
+                sparse_topk(*self._row_scores(parts, t), self.num_train, k) for t in range(test.shape[0])
             ]
             return TopK(k, *(torch.stack([f[i] for f in found]) for i in range(4)))
         top = TopK.empty(num_test=test.shape[0], k=k)
@@ -428,118 +419,9 @@ class InfluenceIndex:
         return streamed * self.num_train <= self.memory_bytes
 
 
-def agreement(exact: Tensor, approx: Tensor, *, top: int = 10) -> dict[str, Any]:
-    """Per-row Spearman correlation and top-``top`` overlap of ``approx`` with ``exact`` (both ``(T, N)``).
-
-    Ties share their average rank. Overlap is ``|top(exact) & top(approx)| / top`` over the largest
-    scores (proponents).
-
-    Example:
-        >>> exact = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-        >>> found = agreement(exact, exact.flip(1), top=2)
-        >>> found["spearman"], found["top10_overlap"]
-        ([-1.0], [0.0])
-    """
-    top = min(top, exact.shape[1])
-    rho, overlap = [], []
-    for t in range(exact.shape[0]):
-        a, b = _average_ranks(exact[t].double().numpy()), _average_ranks(approx[t].double().numpy())
-        a, b = a - a.mean(), b - b.mean()
-        denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
-        rho.append(round(float((a * b).sum()) / denominator, 6) if denominator > 0 else 0.0)
-        best = set(exact[t].topk(top).indices.tolist()) & set(approx[t].topk(top).indices.tolist())
-        overlap.append(len(best) / top)
-    return {
-        "triples": len(rho),
-        "spearman": rho,
-        "top10_overlap": overlap,
-        "spearman_min": min(rho, default=float("nan")),
-        "spearman_median": float(np.median(rho)) if rho else float("nan"),
-        "top10_overlap_mean": float(np.mean(overlap)) if overlap else float("nan"),
-        "top10_overlap_min": min(overlap, default=float("nan")),
-    }
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)
-    return (last - (counts - 1) / 2.0)[inverse]
-
-
 def _read(path: Path, start: int, stop: int, device: torch.device) -> Tensor:
     """Entries ``start:stop`` of a stored part, read (not mapped) so memory stays at one chunk."""
     mapped = np.load(path, mmap_mode="r")
     block = np.array(mapped[start:stop])
     del mapped
     return torch.from_numpy(block).to(device)
-
-
-def _first_missing(excluded: np.ndarray, count: int, n: int) -> np.ndarray:
-    """The ``count`` smallest integers in ``[0, n)`` not in the sorted array ``excluded``."""
-    pool = np.arange(min(n, count + excluded.size), dtype=np.int64)
-    return np.setdiff1d(pool, excluded, assume_unique=True)[:count]
-
-
-def _sparse_topk(rows: np.ndarray, values: Tensor, n: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-k of a length-``n`` score vector that is ``values`` at ``rows`` and exactly 0 elsewhere.
-
-    The order is that of a stable full sort (ties by ascending row): proponents are the positive
-    scores descending, then the zeros (every other row) ascending by row, then the negative scores
-    descending; opponents mirror it.
-    """
-    v = values.numpy()
-    nonzero = v != 0
-    zero_excluded = np.sort(rows[nonzero])
-    out = []
-    for sign in (1.0, -1.0):  # proponents, then opponents
-        signed = sign * v
-        first = np.nonzero(signed > 0)[0]
-        first = first[np.lexsort((rows[first], -signed[first]))]
-        take_rows, take_values = [rows[first[:k]]], [v[first[:k]]]
-        missing = k - min(k, first.size)
-        if missing:
-            zeros = _first_missing(zero_excluded, missing, n)
-            take_rows.append(zeros)
-            take_values.append(np.zeros(zeros.size, dtype=np.float32))
-            missing -= zeros.size
-        if missing:
-            last = np.nonzero(signed < 0)[0]
-            last = last[np.lexsort((rows[last], -signed[last]))][:missing]
-            take_rows.append(rows[last])
-            take_values.append(v[last])
-        out.append(
-            (
-                torch.from_numpy(np.concatenate(take_values).astype(np.float32)),
-                torch.from_numpy(np.concatenate(take_rows).astype(np.int64)),
-            )
-        )
-    (pro_values, pro_rows), (opp_values, opp_rows) = out
-    return pro_values, pro_rows, opp_values, opp_rows
-
-
-def _verify_file(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise TracInInputError(f"{path} is missing: the index is incomplete; rebuild it")
-    if file_digest(path) != expected:
-        raise TracInInputError(
-            f"{path} does not match the index manifest (sha256 differs): the index files were changed or "
-            "mixed with another build; rebuild the index"
-        )
-
-
-def _verify_checkpoints(
-    folder: Path, manifest: Mapping[str, Any], checkpoints: Any, learning_rates: Sequence[float] | None
-) -> None:
-    from ..inputs.manifest import resolve_checkpoints
-
-    resolved = resolve_checkpoints(
-        checkpoints if isinstance(checkpoints, (str, Path)) else list(checkpoints),
-        learning_rates=None if learning_rates is None else list(learning_rates),
-    )
-    given = [[c.learning_rate, checkpoint_digest(c.source)] for c in resolved]
-    indexed = [[c["learning_rate"], c["content_sha256"]] for c in manifest["checkpoints"]]
-    if given != indexed:
-        raise TracInInputError(
-            f"the given checkpoints are not the ones the index in {folder} was built from (contents or "
-            "learning rates differ by sha256): rebuild the index for them"
-        )
