@@ -20,11 +20,11 @@ from ..engine.variants import AdamVariant, InfluenceVariant, VariantHint, resolv
 from ..errors import TracInInputError
 from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
 from ..inputs.manifest import resolve_checkpoints
-from ..inputs.maps import check_ids_fit_model
+from ..inputs.maps import LabelMaps, check_ids_fit_model
 from .model import all_tail_scores, eval_mode, model_device
 from .options import CheckpointArg, LossArg, autocast_dtype, resolve_run_loss
 
-__all__ = ["TracInRun", "prepare"]
+__all__ = ["TracInRun", "load_states", "non_finite_error", "prepare", "resolve_run_variant"]
 
 
 @dataclass
@@ -85,16 +85,87 @@ class TracInRun:
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str
     ) -> TracInInputError:
         """A one-line error naming the triple and checkpoint of a non-finite gradient."""
-        row = error.rows[0]
-        ids = tuple(int(x) for x in triples[row])
-        source = self.checkpoints[error.checkpoint].name
-        return TracInInputError(
-            f"non-finite gradient for {what} triple {int(index[row])} {ids} at checkpoint {source!r}"
-        )
+        return non_finite_error(error, triples, index, what, self.checkpoints)
 
 
 def _rows(triples: Tensor) -> Tensor:
     return torch.arange(triples.shape[0])
+
+
+def non_finite_error(
+    error: NonFiniteGradientError,
+    triples: Tensor,
+    index: Tensor,
+    what: str,
+    checkpoints: Sequence[Checkpoint],
+    maps: LabelMaps | None = None,
+) -> TracInInputError:
+    """A one-line error naming the triple (by ``maps``' labels where given) and checkpoint of a
+    non-finite gradient."""
+    row = error.rows[0]
+    ids = tuple(int(x) for x in triples[row])
+    label = (
+        ids
+        if maps is None
+        else (maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2]))
+    )
+    source = checkpoints[error.checkpoint].name
+    return TracInInputError(
+        f"non-finite gradient for {what} triple {int(index[row])} {label} at checkpoint {source!r}"
+    )
+
+
+def resolve_run_variant(variant: VariantHint) -> InfluenceVariant | None:
+    """The scoring variant of a run (None: plain TracInCP); a bad name is a one-line input error.
+
+    Example:
+        >>> type(resolve_run_variant("cosine")).__name__
+        'CosineVariant'
+    """
+    try:
+        return None if variant is None else resolve_variant(variant)
+    except (KeyError, ValueError, TypeError) as error:
+        raise TracInInputError(f"variant: {error}") from None
+
+
+def load_states(
+    model: nn.Module,
+    checkpoints: Sequence[Checkpoint],
+    *,
+    device: torch.device,
+    variant: InfluenceVariant | None,
+    exp_avg_sq: Sequence[Mapping[str, Tensor]] | None = None,
+) -> list[CheckpointState]:
+    """Each checkpoint's tensors on ``device`` with its learning rate, checked finite and by ``variant``.
+
+    Args:
+        model: the model the checkpoints are weights of.
+        checkpoints: the resolved checkpoints (a ``source`` of None: the model's own weights).
+        device: where the states go.
+        variant: the scoring variant, which checks the states (e.g. ``adam`` needs a second moment).
+        exp_avg_sq: the optimizer's second moment per checkpoint; None reads it from beside the
+            weights for the ``adam`` variant.
+    """
+    states = []
+    for position, checkpoint in enumerate(checkpoints):
+        state = checkpoint.load(model)
+        require_finite_weights(state, checkpoint)
+        moments = exp_avg_sq[position] if exp_avg_sq is not None else None
+        if moments is None and isinstance(variant, AdamVariant):  # saved beside the weights, if it was
+            moments = checkpoint.load_exp_avg_sq(model)
+        states.append(
+            CheckpointState(
+                state={k: v.detach().to(device) for k, v in state.items()},
+                learning_rate=checkpoint.learning_rate,
+                exp_avg_sq=None if moments is None else {k: v.to(device) for k, v in moments.items()},
+            )
+        )
+    if variant is not None:
+        try:  # e.g. adam without the optimizer's second moment: a one-line input error, before any work
+            variant.check(states)
+        except ValueError as error:
+            raise TracInInputError(str(error)) from None
+    return states
 
 
 def prepare(
@@ -168,31 +239,10 @@ def prepare(
         learning_rates=None if learning_rates is None else list(learning_rates),
         learning_rate=learning_rate,
     )
-    try:
-        chosen = None if variant is None else resolve_variant(variant)
-    except (KeyError, ValueError, TypeError) as error:
-        raise TracInInputError(f"variant: {error}") from None
+    chosen = resolve_run_variant(variant)
     if exp_avg_sq is not None and len(exp_avg_sq) != len(resolved):
         raise TracInInputError(f"exp_avg_sq has {len(exp_avg_sq)} entries for {len(resolved)} checkpoint(s)")
-    states = []
-    for position, checkpoint in enumerate(resolved):
-        state = checkpoint.load(kge)
-        require_finite_weights(state, checkpoint)
-        moments = exp_avg_sq[position] if exp_avg_sq is not None else None
-        if moments is None and isinstance(chosen, AdamVariant):  # saved beside the weights, if it was
-            moments = checkpoint.load_exp_avg_sq(kge)
-        states.append(
-            CheckpointState(
-                state={k: v.detach().to(target) for k, v in state.items()},
-                learning_rate=checkpoint.learning_rate,
-                exp_avg_sq=None if moments is None else {k: v.to(target) for k, v in moments.items()},
-            )
-        )
-    if chosen is not None:
-        try:  # e.g. adam without the optimizer's second moment: a one-line input error, before any work
-            chosen.check(states)
-        except ValueError as error:
-            raise TracInInputError(str(error)) from None
+    states = load_states(kge, resolved, device=target, variant=chosen, exp_avg_sq=exp_avg_sq)
     gradients = PerSampleGradients(loss=triple_loss, params=names, factorize=factorize, compile=compile)
     return TracInRun(
         model=kge,

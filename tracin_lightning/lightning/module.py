@@ -14,6 +14,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ..core.options import resolve_run_loss
+from ..core.run import load_states, non_finite_error, resolve_run_variant
+from ..core.scoring import score_batch
 from ..engine.adapters import resolve_adapter
 from ..engine.candidates import CandidateFilter
 from ..engine.gradients import PerSampleGradients, select_parameters
@@ -26,14 +29,13 @@ from ..engine.influence import (
 from ..engine.losses import CustomTripleLoss, TripleLoss
 from ..engine.structure import SampleGradients
 from ..engine.topk import TopK
-from ..engine.variants import AdamVariant, resolve_variant
 from ..errors import TracInInputError
-from ..functional import resolve_run_loss, score_batch
-from ..inputs.checkpoint_files import Checkpoint, load_model, require_finite_weights
+from ..inputs.checkpoint_files import Checkpoint, load_model
 from ..inputs.manifest import resolve_checkpoints
-from ..inputs.maps import check_ids_fit_model, model_size
+from ..inputs.maps import check_ids_fit_model
 from ..outputs.digest import checkpoint_digest, state_digest
 from .contracts import PredictionInputs, ResumeState, RunRecord, prediction_inputs
+from .module_io import batch_rows, check_maps_fit_model, resolve_test_triples
 
 __all__ = ["Mode", "TracInModule"]
 
@@ -159,10 +161,7 @@ class TracInModule(L.LightningModule):
             if loss_fn is None
             else CustomTripleLoss(model=self.kge_model, fn=loss_fn)
         )
-        try:  # a scoring variant by name (engine.variants); None: plain TracInCP
-            self.variant = None if variant is None else resolve_variant(variant)
-        except (KeyError, ValueError, TypeError) as error:
-            raise TracInInputError(f"variant: {error}") from None
+        self.variant = resolve_run_variant(variant)  # a scoring variant by name; None: plain TracInCP
         self.loss_description = self.triple_loss.description  # the canonical loss name, or custom: ...
         self.param_names = select_parameters(self.kge_model, params)
         if not self.param_names:
@@ -270,39 +269,23 @@ class TracInModule(L.LightningModule):
         return triples, index
 
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(triples (B, 3), index (B,))`` of a batch: a mapping as TripleBatches yields, or plain ids.
+        """``(triples (B, 3), index (B,))`` of a batch (see :func:`~.module_io.batch_rows`).
 
-        A plain ``(B, 3)`` tensor (or a one-tensor list/tuple, as ``TensorDataset`` gives) gets row numbers
-        counted in the order the batches arrive: right for one process reading its loader in order.
+        Plain ids get row numbers counted in the order the batches arrive: right for one process
+        reading its loader in order.
         """
-        if isinstance(batch, (list, tuple)) and len(batch) == 1:
-            batch = batch[0]
-        if isinstance(batch, Tensor) and _is_triples(batch):
-            if self.trainer.world_size > 1:
-                raise TracInInputError(
-                    f"plain (B, 3) training batches carry no row numbers, so under {self.trainer.world_size} "
-                    "processes their rows cannot be numbered: yield {'triples': (B, 3), 'index': (B,)} "
-                    "with each row's number (as TriplesDataModule does), or run one process"
-                )
-            index = torch.arange(self.next_row, self.next_row + batch.shape[0])
-            self.next_row += batch.shape[0]
-            return batch, index
-        triples = batch.get("triples") if isinstance(batch, Mapping) else None
-        if isinstance(triples, Tensor) and _is_triples(triples):
-            rows = batch.get("index")
-            if (
-                isinstance(rows, Tensor)
-                and rows.ndim == 1
-                and rows.shape[0] == triples.shape[0]
-                and not rows.is_floating_point()
-                and not rows.is_complex()
-            ):
-                return triples, rows
-        raise TracInInputError(
-            "a training batch must be a (B, 3) integer tensor of (head, relation, tail) ids, or a mapping "
-            "{'triples': (B, 3) integer tensor, 'index': (B,) integer tensor of the rows' numbers}; "
-            f"got {_describe_batch(batch)}"
-        )
+        triples, index = batch_rows(batch)
+        if index is not None:
+            return triples, index
+        if self.trainer.world_size > 1:
+            raise TracInInputError(
+                f"plain (B, 3) training batches carry no row numbers, so under {self.trainer.world_size} "
+                "processes their rows cannot be numbered: yield {'triples': (B, 3), 'index': (B,)} "
+                "with each row's number (as TriplesDataModule does), or run one process"
+            )
+        index = torch.arange(self.next_row, self.next_row + triples.shape[0])
+        self.next_row += triples.shape[0]
+        return triples, index
 
     def _self(self, triples: Tensor) -> Tensor:
         return batch_self_influence(self.gradients, self.states, triples, variant=self.variant)
@@ -320,50 +303,18 @@ class TracInModule(L.LightningModule):
         return prediction_inputs(self._trainer)
 
     def _check_maps(self) -> None:
-        inputs = self._inputs()
-        if inputs is None or inputs.maps is None:
-            return
-        maps = inputs.maps
-        for kind, in_maps, in_model in (
-            ("entities", maps.num_entities, model_size(self.kge_model, "entities")),
-            ("relations", maps.num_relations, model_size(self.kge_model, "relations")),
-        ):
-            if in_model is not None and in_maps != in_model:
-                raise TracInInputError(
-                    f"the {kind} map of {inputs.train_source} has {in_maps} {kind} but the model "
-                    f"{self.model_source} has {in_model}: the maps do not belong to this model"
-                )
+        check_maps_fit_model(self._inputs(), self.kge_model, self.model_source)
 
     def _load_checkpoints(self) -> None:
-        own = {k: v.detach() for k, v in self.kge_model.state_dict(keep_vars=True).items()}
-        self.states = []
-        for checkpoint in self.checkpoint_list:
-            state = own if checkpoint.source is None else checkpoint.load(self.kge_model)
-            require_finite_weights(state, checkpoint)
-            state = {k: v.detach().to(self.device) for k, v in state.items()}
-            moments = (
-                checkpoint.load_exp_avg_sq(self.kge_model) if isinstance(self.variant, AdamVariant) else None
-            )
-            self.states.append(
-                CheckpointState(
-                    state=state,
-                    learning_rate=checkpoint.learning_rate,
-                    exp_avg_sq=None
-                    if moments is None
-                    else {k: v.to(self.device) for k, v in moments.items()},
-                )
-            )
-        if self.variant is not None:
-            try:  # e.g. adam without the optimizer's second moment
-                self.variant.check(self.states)
-            except ValueError as error:
-                raise TracInInputError(str(error)) from None
+        self.states = load_states(
+            self.kge_model, self.checkpoint_list, device=self.device, variant=self.variant
+        )
         logger.info(
             "TracIn over %d checkpoint(s) with learning rates %s", len(self.states), self.learning_rates
         )
 
     def _cache_test_gradients(self) -> None:
-        test = self._resolve_test_triples().to(self.device)
+        test = resolve_test_triples(self.test_triples, self._inputs()).to(self.device)
         self._check_ids(test, "test triples", torch.arange(test.shape[0]))
         with self.trainer.precision_plugin.forward_context(), torch.enable_grad():
             try:
@@ -398,21 +349,6 @@ class TracInModule(L.LightningModule):
             )
         return found.to(self.device)
 
-    def _resolve_test_triples(self) -> Tensor:
-        test: Tensor | None = self.test_triples
-        if test is None:
-            inputs = self._inputs()
-            test = None if inputs is None else inputs.test_triples
-            if test is None:
-                raise TracInInputError(
-                    "no test triples: pass test_triples=... or use a datamodule with test_triples"
-                )
-        if test.ndim != 2 or test.shape[1] != 3 or test.shape[0] == 0:
-            raise TracInInputError(
-                f"test triples must be a non-empty (T, 3) tensor, got shape {tuple(test.shape)}"
-            )
-        return test.long()
-
     def _num_train(self) -> int | None:
         inputs = self._inputs()
         return None if inputs is None else inputs.num_train
@@ -423,19 +359,9 @@ class TracInModule(L.LightningModule):
     def _non_finite(
         self, error: NonFiniteGradientError, triples: Tensor, index: Tensor, what: str = "training"
     ) -> TracInInputError:
-        row = error.rows[0]
-        ids = tuple(int(x) for x in triples[row])
         inputs = self._inputs()
         maps = None if inputs is None else inputs.maps
-        label = (
-            ids
-            if maps is None
-            else (maps.entity_label(ids[0]), maps.relation_label(ids[1]), maps.entity_label(ids[2]))
-        )
-        source = self.checkpoint_list[error.checkpoint].name
-        return TracInInputError(
-            f"non-finite gradient for {what} triple {int(index[row])} {label} at checkpoint {source!r}"
-        )
+        return non_finite_error(error, triples, index, what, self.checkpoint_list, maps)
 
     # ------------------------------------------------------------ reporting
     @property
@@ -495,26 +421,3 @@ class TracInModule(L.LightningModule):
     def test_triple_list(self) -> Sequence[Sequence[int]]:
         """The test triples as id lists (after prediction started)."""
         return [] if self.test_triples is None else self.test_triples.tolist()
-
-
-def _is_triples(value: Tensor) -> bool:
-    return (
-        value.ndim == 2
-        and value.shape[1] == 3
-        and value.shape[0] > 0
-        and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
-    )
-
-
-def _describe_batch(batch: Any) -> str:
-    if isinstance(batch, Tensor):
-        return f"a {tuple(batch.shape)} {batch.dtype} tensor"
-    if isinstance(batch, Mapping):
-        parts = ", ".join(
-            f"{k!r}: {_describe_batch(v) if isinstance(v, Tensor) else type(v).__name__}"
-            for k, v in batch.items()
-        )
-        return "{" + parts + "}"
-    if isinstance(batch, (list, tuple)):
-        return f"a {type(batch).__name__} of {len(batch)} item(s)"
-    return type(batch).__name__
