@@ -93,7 +93,7 @@ from tracin_lightning.datasets import get_dataset
 from tracin_lightning.outputs.atomic import atomic_path, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from one_to_n import MaskingLCWATrainingLoop, use_matmul_scoring
+from one_to_n import MaskingLCWATrainingLoop, OneVsAllCrossEntropyLoss, use_matmul_scoring
 from self_loop_negatives import SelfLoopNegativeSampler
 from views_suite import SUITE_VARIANTS, suite_sets
 
@@ -104,6 +104,8 @@ from views_suite import SUITE_VARIANTS, suite_sets
 #: README; WN18RR: their answer in that repository's issue 31). ComplEx: Dettmers et al.'s table as copied
 #: by a third party (the dice-group ConvComplEx README); the paper itself was not opened.
 _CONVKB = "Nguyen et al. 2018, ConvKB repository's TransE test logs"
+#: CoDEx-S: Safavi and Koutra (EMNLP 2020), github.com/tsafavi/codex README (LibKGE, filtered, test).
+_CODEX = "Safavi and Koutra 2020, github.com/tsafavi/codex README (LibKGE models)"
 PUBLISHED_MODELS: dict[tuple[str, str], dict[str, Any]] = {
     ("complex", "fb15k237"): {
         "mrr": 0.247,
@@ -130,6 +132,9 @@ PUBLISHED_MODELS: dict[tuple[str, str], dict[str, Any]] = {
         "source": "Dettmers et al., github.com/TimDettmers/ConvE issue 31 (updated paper)",
     },
     ("transe", "fb15k237"): {"mrr": 0.294, "hits@1": 0.208, "hits@10": 0.465, "source": _CONVKB},
+    ("complex", "codexs"): {"mrr": 0.465, "hits@1": 0.372, "hits@10": 0.646, "source": _CODEX},
+    ("conve", "codexs"): {"mrr": 0.444, "hits@1": 0.343, "hits@10": 0.635, "source": _CODEX},
+    ("transe", "codexs"): {"mrr": 0.354, "hits@1": 0.219, "hits@10": 0.634, "source": _CODEX},
     ("transe", "wn18rr"): {"mrr": 0.227, "hits@1": 0.039, "hits@10": 0.501, "source": _CONVKB},
 }
 
@@ -206,6 +211,12 @@ LOSSES: dict[str, tuple[str, str, str]] = {
     "marginranking": ("MarginRankingLoss", "margin ranking, margin 1", "score"),
     "bce": ("BCEWithLogitsLoss", "BCE with logits against every entity (1-N)", "bce"),
     "crossentropy": ("CrossEntropyLoss", "softmax cross-entropy over every entity (1-N)", "ce"),
+    "1vsall": (
+        "OneVsAllCrossEntropyLoss",
+        "softmax cross-entropy of each training triple over every entity (1vsAll; one_to_n.py)",
+        "ce",
+    ),
+    "nsce": ("CrossEntropyLoss", "softmax cross-entropy over the positive and its negatives (sLCWA)", "ce"),
 }
 #: Training loops: sLCWA (positives and ``negatives`` uniform corruptions each), or 1-N (LCWA: every
 #: entity scored as the tail of each (h, r), with inverse triples, so heads are predicted as the tails
@@ -363,7 +374,11 @@ def build_model(config: Config, factory: Any, seed: int, *, matmul: bool = True)
         MODEL_NAMES[config.model],
         triples_factory=factory,
         embedding_dim=config.embedding_dim,
-        loss=loss_resolver.make(LOSSES[config.loss][0]),  # MarginRankingLoss: PyKEEN's margin 1
+        loss=(  # MarginRankingLoss: PyKEEN's margin 1
+            OneVsAllCrossEntropyLoss()
+            if config.loss == "1vsall"
+            else loss_resolver.make(LOSSES[config.loss][0])
+        ),
         random_seed=seed,
         **config.model_kwargs,
     )

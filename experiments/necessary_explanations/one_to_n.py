@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pykeen.losses import CrossEntropyLoss
 from pykeen.training import LCWATrainingLoop
 from torch import Tensor, nn
 
 from tracin_lightning.training import fast_one_to_n
 
-__all__ = ["MaskingLCWATrainingLoop", "use_matmul_scoring"]
+__all__ = ["MaskingLCWATrainingLoop", "OneVsAllCrossEntropyLoss", "use_matmul_scoring"]
 
 
 def use_matmul_scoring(model: nn.Module) -> nn.Module:
@@ -75,3 +76,28 @@ class MaskingLCWATrainingLoop(LCWATrainingLoop):
                 labels[row_of[key], target] = 0.0
             batch = {**batch, "target": labels}
         return super()._process_batch(batch, start, stop, label_smoothing, slice_size)
+
+
+class OneVsAllCrossEntropyLoss(CrossEntropyLoss):
+    """Softmax cross-entropy of every training triple over every entity (LibKGE's ``1vsAll``), on
+    PyKEEN's 1-N (LCWA) rows: the mean over the rows' true tails of ``-log softmax(scores)[tail]``.
+
+    PyKEEN's :class:`~pykeen.losses.CrossEntropyLoss` turns a row's labels into one distribution, so a
+    ``(h, r)`` row with 500 true tails weighs as much as one with a single tail; with inverse triples the
+    many-tail rows are mostly head predictions, which that weighting starves. Here every triple weighs
+    the same, and a label set to 0 (:class:`MaskingLCWATrainingLoop`) removes exactly that triple's
+    term. It is the loss TracIn's ``ce`` differentiates per training triple.
+    """
+
+    def process_lcwa_scores(  # type: ignore[override]
+        self,
+        predictions: Tensor,
+        labels: Tensor,
+        label_smoothing: float | None = None,
+        num_entities: int | None = None,
+        weights: Tensor | None = None,
+    ) -> Tensor:
+        if label_smoothing or weights is not None:
+            raise ValueError("OneVsAllCrossEntropyLoss takes no label smoothing and no weights")
+        per_row = -(labels * predictions.log_softmax(dim=-1)).sum(dim=-1)
+        return per_row.sum() / labels.sum().clamp_min(1.0)

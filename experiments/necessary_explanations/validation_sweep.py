@@ -84,6 +84,7 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             trainer.until(epochs, clear_optimizer=False)  # continues from the epoch it stopped at
             model.eval()
             ranks = cell.tail_ranks(model, valid, data.known_tails)
+            both = np.concatenate([ranks, cell.head_ranks(model, valid, data.known_heads)])
             with torch.no_grad():  # TransE's failure on WN18RR: a near-zero relation makes h its own tail
                 # relation ids mapped as PyKEEN's predict_hrt maps them (a model with inverse triples)
                 itself = model.score_hrt(model._prepare_batch(valid[:, [0, 1, 0]], index_relation=1))
@@ -101,6 +102,7 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "retrain": config.retrain,
                 "epochs": epochs,
                 "valid_tail_mrr": round(float(np.mean(1.0 / ranks)), 4),
+                "valid_mrr": round(float(np.mean(1.0 / both)), 4),  # both sides, as test MRRs are given
                 "valid_tail_h1": round(float(np.mean(ranks == 1)), 4),
                 "head_above_tail": round(float((itself.flatten() > true.flatten()).float().mean()), 4),
                 "seconds": round(time.perf_counter() - started),
