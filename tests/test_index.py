@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import _CACHE, MODEL_KWARGS, train_model
+from conftest import MODEL_KWARGS
+from index_helpers import TOLERANCE, FailAt, row_error, trained_run
 from reference import reference_influence
 from scipy.stats import spearmanr
 
@@ -34,22 +35,7 @@ from tracin_lightning.index import InfluenceIndex, build_index
 from tracin_lightning.outputs.schema import TOPK_COLUMNS
 
 TESTS = Path(__file__).parent
-TOLERANCE = 1e-5
 MODEL_KWARGS.setdefault("RotatE", {"embedding_dim": 8})  # complex relation rotations
-
-
-def trained_run(name: str, inverse: bool):
-    """The session's trained model (shared with the other test files through conftest's cache)."""
-    if (name, inverse) not in _CACHE:
-        _CACHE[(name, inverse)] = train_model(name, inverse=inverse)
-    return _CACHE[(name, inverse)]
-
-
-def row_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """Max over test triples of the row's max abs error / max(row's max abs, 1e-3 * matrix max abs)."""
-    ours, reference = ours.double(), reference.double()
-    scale = torch.maximum(reference.abs().amax(1), 1e-3 * reference.abs().max())
-    return float(((ours - reference).abs().amax(1) / scale).max())
 
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["plain", "inverse"])
@@ -169,17 +155,6 @@ def test_fingerprints_refuse_other_models_and_changed_files(tmp_path: Path) -> N
         InfluenceIndex.open(tmp_path / "idx")
     with pytest.raises(TracInInputError, match="not an influence index"):
         InfluenceIndex.open(tmp_path)
-
-
-class FailAt(L.Callback):
-    """Raise after ``batch`` predict batches: an interrupted build."""
-
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == self.batch:
-            raise RuntimeError("interrupted")
 
 
 def test_resume_after_interruption_and_refusal_of_a_mixed_resume(tmp_path: Path) -> None:

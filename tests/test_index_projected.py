@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from conftest import _CACHE, train_model
+from index_helpers import TOLERANCE, FailAt, row_error, trained_run
 from reference import reference_influence
 
 from tracin_lightning.engine.structure import (
@@ -27,23 +26,9 @@ from tracin_lightning.engine.structure import (
 from tracin_lightning.errors import TracInInputError
 from tracin_lightning.functional import compute_influence
 from tracin_lightning.index import InfluenceIndex, build_index
-from tracin_lightning.index.query import agreement
-from tracin_lightning.index.store import Sketch, parse_size
-
-TOLERANCE = 1e-5
-
-
-def trained_run(name: str, inverse: bool):
-    if (name, inverse) not in _CACHE:
-        _CACHE[(name, inverse)] = train_model(name, inverse=inverse)
-    return _CACHE[(name, inverse)]
-
-
-def row_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """Max over test triples of the row's max abs error / max(row's max abs, 1e-3 * matrix max abs)."""
-    ours, reference = ours.double(), reference.double()
-    scale = torch.maximum(reference.abs().amax(1), 1e-3 * reference.abs().max())
-    return float(((ours - reference).abs().amax(1) / scale).max())
+from tracin_lightning.index.agreement import agreement
+from tracin_lightning.index.sketch import Sketch
+from tracin_lightning.index.store import parse_size
 
 
 @pytest.mark.parametrize(
@@ -167,15 +152,6 @@ def test_the_budget_chooses_the_form(tmp_path: Path) -> None:
     assert parse_size("1.5GB") == 1_500_000_000
     with pytest.raises(TracInInputError, match="cannot read the size"):
         parse_size("1 parsec")
-
-
-class FailAt(L.Callback):
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == self.batch:
-            raise RuntimeError("interrupted")
 
 
 def test_a_resumed_projected_build_equals_an_uninterrupted_one(tmp_path: Path) -> None:

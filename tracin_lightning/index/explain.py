@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path
+from ..outputs.labels import RowLabels
 
 __all__ = ["describe_index", "explain"]
 
@@ -148,19 +148,6 @@ def explain(args: list[str]) -> None:
     printer.writerows(rows)
 
 
-class _TrainLabels(Sequence[list[str]]):
-    """Labels of training rows on demand (a graph's label list is not built for a few rows)."""
-
-    def __init__(self, found: Any) -> None:
-        self.found = found
-
-    def __getitem__(self, row: int) -> list[str]:  # type: ignore[override]
-        return _labels(self.found, [int(x) for x in self.found.train_triples[row]])
-
-    def __len__(self) -> int:
-        return int(self.found.num_train)
-
-
 def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: Path) -> None:
     """The views' evidence for ``test`` from the index's influence rows, printed and written atomically."""
     import torch
@@ -185,7 +172,9 @@ def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: P
         )
     except TooManyPathsError as error:
         raise TracInInputError(f"--view paths: {error}") from None
-    labels = _TrainLabels(found)
+    labels = RowLabels(
+        lambda row: _labels(found, [int(x) for x in found.train_triples[row]]), length=int(found.num_train)
+    )
     test_labels = [_labels(found, ids) for ids in test.cpu().tolist()]
     names = None
     if found.names is not None:

@@ -21,6 +21,7 @@ from ..errors import TracInInputError
 from ..functional import all_tail_scores
 from ..outputs.atomic import atomic_path, write_json
 from ..outputs.directory import require_writable_dir
+from ..outputs.labels import RowLabels
 from ..outputs.resume import RunState, check_fingerprint, make_durable, open_appendable
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
 from ..report.views import EXPLANATIONS_FILE, explanation_rows, write_explanations
@@ -336,7 +337,9 @@ class InfluenceWriter(BasePredictionWriter):
         ranks, own = (None, None) if scores is None else tail_ranks(scores, test, known=labels.train)
         rows = explanation_rows(
             evidence,
-            train_labels=_TrainLabels(labels),
+            train_labels=RowLabels(
+                labels.train_triple, length=0 if labels.train is None else int(labels.train.shape[0])
+            ),
             test_labels=[labels.test_triple(t) for t in range(len(labels.test))],
             test_index=[labels.test_index(t) for t in range(len(labels.test))],
             names=labels.names_by_label(),
@@ -438,19 +441,6 @@ class _Labels:
         if self.names is None:
             return None
         return {**self.names.entities, **self.names.relations}
-
-
-class _TrainLabels(Sequence[tuple[str, str, str]]):
-    """Training rows' labels on demand, as a sequence (a large graph's label list is not built)."""
-
-    def __init__(self, labels: _Labels) -> None:
-        self.labels = labels
-
-    def __getitem__(self, row: int) -> tuple[str, str, str]:  # type: ignore[override]
-        return self.labels.train_triple(int(row))
-
-    def __len__(self) -> int:
-        return 0 if self.labels.train is None else int(self.labels.train.shape[0])
 
 
 def _recorded(path: Path) -> dict[str, Any]:
