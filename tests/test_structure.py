@@ -45,33 +45,32 @@ def test_cat_refuses_mismatched_parts() -> None:
 @pytest.mark.parametrize("share", ["sparse", "dense"])
 def test_rows_dot_equals_dense_scatter_on_both_paths(monkeypatch, share: str) -> None:
     # the sparse join of equal ids and the dense masked product must both equal <scatter(a), scatter(b)>
-    from tracin_lightning.engine import structure
+    from tracin_lightning.engine import dots
+    from tracin_lightning.engine.reduced import RowGradients
 
     # force the path: a share above 1 always joins sparsely, a negative one always falls back to dense
-    monkeypatch.setattr(structure, "SPARSE_SHARE", 2.0 if share == "sparse" else -1.0)
+    monkeypatch.setattr(dots, "SPARSE_SHARE", 2.0 if share == "sparse" else -1.0)
     generator = torch.Generator().manual_seed(0)
     num_rows, dim = 12, 5
-    a = structure.RowGradients(
+    a = RowGradients(
         ids=torch.randint(num_rows, (7, 3), generator=generator),
         grads=torch.randn(7, 3, dim, generator=generator, dtype=torch.float64),
     )
-    b = structure.RowGradients(
+    b = RowGradients(
         ids=torch.randint(num_rows, (9, 2), generator=generator),
         grads=torch.randn(9, 2, dim, generator=generator, dtype=torch.float64),
     )
     b.ids[0] = a.ids[0, 0]  # a slot matched twice by one sample (a repeated entity)
 
-    def scatter(part: structure.RowGradients) -> torch.Tensor:
+    def scatter(part: RowGradients) -> torch.Tensor:
         full = torch.zeros(part.ids.shape[0], num_rows, dim, dtype=torch.float64)
         for i in range(part.ids.shape[0]):
             full[i].index_add_(0, part.ids[i], part.grads[i])
         return full.reshape(part.ids.shape[0], -1)
 
     expected = scatter(a) @ scatter(b).T
-    got = structure._rows_dot(a, b)
+    got = dots.rows_dot(a, b)
     assert got.shape == (7, 9)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    empty = structure.RowGradients(
-        ids=torch.full((2, 1), num_rows), grads=torch.ones(2, 1, dim, dtype=torch.float64)
-    )
-    assert structure._rows_dot(empty, b).abs().max() == 0  # no shared row: no influence
+    empty = RowGradients(ids=torch.full((2, 1), num_rows), grads=torch.ones(2, 1, dim, dtype=torch.float64))
+    assert dots.rows_dot(empty, b).abs().max() == 0  # no shared row: no influence

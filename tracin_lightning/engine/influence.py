@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .dots import pairwise_dot, self_dot
 from .gradients import PerSampleGradients
+from .reduced import SampleGradients
 from .states import CheckpointState
-from .structure import SampleGradients, pairwise_dot, self_dot
 from .variants import InfluenceVariant, VariantContext, VariantHint, resolve_variant
 
 __all__ = [

@@ -38,15 +38,9 @@ import torch
 from class_resolver import ClassResolver
 from torch import Tensor
 
-from .structure import (
-    RowGradients,
-    SampleGradients,
-    TableGradients,
-    pairwise_dot,
-    preconditioned_pairwise_dot,
-    scale_parts,
-    self_dot_parts,
-)
+from .dots import pairwise_dot
+from .parts import preconditioned_pairwise_dot, scale_parts, self_dot_parts
+from .reduced import RowGradients, SampleGradients, TableGradients
 
 if TYPE_CHECKING:
     from .gradients import PerSampleGradients
