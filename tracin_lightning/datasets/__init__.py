@@ -56,18 +56,13 @@ __all__ = [
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
-class OfflineDataset(PathDataset):
-    """PyKEEN's :class:`~pykeen.datasets.base.PathDataset` over a bundled ``{train,valid,test}.txt.gz``.
-
-    Nothing is overridden: the maps come from the training file (sorted labels), and validation and
-    test triples are mapped with them, as PyKEEN's downloading ``FB15k237`` / ``WN18RR`` do.
-
-    Args:
-        create_inverse_triples: add inverse triples to the training factory (PyKEEN's option).
-        eager: load the files now rather than on first access.
+class _BundledDataset(PathDataset):
+    """A :class:`~pykeen.datasets.base.PathDataset` over the ``{train,valid,test}.txt.gz`` of one folder
+    under :data:`DATA_DIR` (keyword-only ``create_inverse_triples`` and ``eager``, as PyKEEN's); the
+    subclasses say how the ids are assigned.
     """
 
-    #: Folder under :data:`DATA_DIR`; set by subclasses.
+    #: Folder under :data:`DATA_DIR`; set by the named datasets.
     folder: ClassVar[str]
 
     def __init__(self, *, create_inverse_triples: bool = False, eager: bool = False) -> None:
@@ -79,6 +74,18 @@ class OfflineDataset(PathDataset):
             create_inverse_triples=create_inverse_triples,
             eager=eager,
         )
+
+
+class OfflineDataset(_BundledDataset):
+    """PyKEEN's :class:`~pykeen.datasets.base.PathDataset` over a bundled ``{train,valid,test}.txt.gz``.
+
+    Nothing is overridden: the maps come from the training file (sorted labels), and validation and
+    test triples are mapped with them, as PyKEEN's downloading ``FB15k237`` / ``WN18RR`` do.
+
+    Args:
+        create_inverse_triples: add inverse triples to the training factory (PyKEEN's option).
+        eager: load the files now rather than on first access.
+    """
 
 
 class FB15k237Offline(OfflineDataset):
@@ -105,7 +112,7 @@ class WN18RROffline(OfflineDataset):
     folder = "wn18rr"
 
 
-class LocalDataset(PathDataset):
+class LocalDataset(_BundledDataset):
     """A :class:`~pykeen.datasets.base.PathDataset` over a folder of ``{train,valid,test}.txt.gz``.
 
     The entity and relation maps are built from all three splits (sorted labels), so that no test or
@@ -116,19 +123,6 @@ class LocalDataset(PathDataset):
         create_inverse_triples: add inverse triples to the training factory (PyKEEN's option).
         eager: load the files now rather than on first access.
     """
-
-    #: Folder under :data:`DATA_DIR`; set by subclasses.
-    folder: ClassVar[str]
-
-    def __init__(self, *, create_inverse_triples: bool = False, eager: bool = False) -> None:
-        directory = DATA_DIR / self.folder
-        super().__init__(
-            training_path=directory / "train.txt.gz",
-            testing_path=directory / "test.txt.gz",
-            validation_path=directory / "valid.txt.gz",
-            create_inverse_triples=create_inverse_triples,
-            eager=eager,
-        )
 
     def _load(self) -> None:
         assert self.validation_path is not None
