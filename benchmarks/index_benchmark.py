@@ -2,12 +2,12 @@
 
 Sections (``--section``):
 
-- ``rows``: a row-only model (``--model DistMult`` or ``ComplEx``, dimension ``--dim``) on FB15k-237's
-  training triples with ``--checkpoints`` random-init checkpoints: one plain batched forward+backward
-  epoch (same loss, per checkpoint), the full exact pass (``compute_influence``) for 100 and for 1 test
-  triple, the index build, its size on disk, and top-10 query latency over ``--queries`` new test
-  triples one at a time (median, p95, warm page cache) and all at once; the index's answers are
-  checked against the full pass (per-row error).
+- ``rows``: a row-only model (``--model DistMult``, ``ComplEx``, ``TransE`` or ``RotatE``, dimension
+  ``--dim``) on FB15k-237's training triples with ``--checkpoints`` random-init checkpoints: one plain
+  batched forward+backward epoch (same loss, per checkpoint), the full exact pass (``compute_influence``)
+  for 100 and for 1 test triple, the index build, its size on disk, and top-10 query latency over
+  ``--queries`` new test triples one at a time (median, p95, warm page cache) and all at once; the index's
+  answers are checked against the full pass (per-row error).
 - ``conve``: the same for ConvE (dimension ``--dim``) on the first ``--conve-train`` training triples,
   for the exact (streaming) and the projected (``--projection-dim``) index, with the projected index's
   agreement with the exact one (per-row Spearman, top-10 overlap).
@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument(
         "--train", type=Path, default=DEFAULT_TRAIN if DEFAULT_TRAIN.is_file() else FALLBACK_TRAIN
     )
-    parser.add_argument("--model", default="DistMult", choices=["DistMult", "ComplEx"])
+    parser.add_argument("--model", default="DistMult", choices=["DistMult", "ComplEx", "TransE", "RotatE"])
     parser.add_argument("--dim", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=3)
     parser.add_argument("--num-train", type=int, default=None, help="first N training triples (default all)")
