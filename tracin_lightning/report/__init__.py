@@ -10,10 +10,11 @@ The report is plain files (HTML + PNG, no server, no JavaScript), written beside
   edges, and, when the run saved ``influence_matrix.npy``, the distribution of influence over all
   training triples.
 
-One job per module: :mod:`.read` (a run's files -> records), :mod:`.html` (pages), :mod:`.charts`
-(matplotlib charts), :mod:`.graph` (the subgraph through networkx), :mod:`.build` (putting it
-together, atomically). The pictures need the optional ``report`` extra (matplotlib, networkx):
-``pip install "tracin-lightning[report]"``. Nothing here imports torch, Lightning or PyKEEN.
+One job per module: :mod:`.read` (a run's files -> records), :mod:`.csv_rows` (the CSVs' rows,
+checked line by line), :mod:`.html` (pages), :mod:`.charts` (matplotlib charts), :mod:`.graph` (the
+subgraph through networkx), :mod:`.build` (putting it together, atomically). The pictures need the
+optional ``report`` extra (matplotlib, networkx): ``pip install "tracin-lightning[report]"``.
+Nothing here imports torch, Lightning or PyKEEN.
 
 Every label and name comes from user files and is escaped before it reaches the HTML.
 """

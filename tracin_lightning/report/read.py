@@ -6,9 +6,7 @@ names the file and, where it applies, the line.
 
 from __future__ import annotations
 
-import csv
 import heapq
-import math
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import numpy as np
 from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
+from .csv_rows import csv_rows, has_columns, influence_kind, number
 
 __all__ = [
     "Case",
@@ -67,6 +66,20 @@ class Triple:
         )
         return f"{head} —{relation}→ {tail}"
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, str], labels: Sequence[str], names: Sequence[str] | None) -> Triple:
+        """The triple in a CSV row: its ``labels`` columns, named by its ``names`` columns where given
+        and not empty.
+
+        Example:
+            >>> Triple.from_row({"h": "uk", "r": "embassy", "t": "usa", "hn": "UK", "rn": "", "tn": ""},
+            ...                 ["h", "r", "t"], ["hn", "rn", "tn"]).text()
+            'UK —embassy→ usa'
+        """
+        values = [row[c] for c in labels]
+        readable = [row[c] or v for c, v in zip(names, values)] if names else values
+        return cls(*values, *readable)
+
 
 @dataclass(frozen=True)
 class Influence:
@@ -108,70 +121,28 @@ def read_run_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, missing="expected a finished run's writer.output_dir")
 
 
-def _csv_rows(path: Path, columns: Sequence[str], what: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line, row)`` of a CSV written by the writer, after checking its header."""
-    if not path.is_file():
-        raise TracInInputError(f"{path} not found: {what}")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise TracInInputError(f"{path}:1: missing column(s) {', '.join(missing)}")
-            for row in reader:
-                if None in row or any(row.get(c) is None for c in header):
-                    raise TracInInputError(
-                        f"{path}:{reader.line_num}: expected {len(header)} comma-separated fields"
-                    )
-                yield reader.line_num, row
-    except UnicodeDecodeError as error:
-        raise TracInInputError(f"{path}: not UTF-8 text ({error.reason})") from None
-    except csv.Error as error:
-        raise TracInInputError(f"{path}: not a readable CSV ({error})") from None
-
-
-def _number(path: Path, line: int, row: Mapping[str, str], column: str, kind: type) -> Any:
-    text = row[column]
-    try:
-        value = kind(text)
-    except ValueError:
-        raise TracInInputError(f"{path}:{line}: {column} {text!r} is not {kind.__name__}") from None
-    if kind is float and not math.isfinite(value):
-        raise TracInInputError(f"{path}:{line}: {column} {text!r} is not a finite number")
-    return value
-
-
-def _triple(row: Mapping[str, str], labels: Sequence[str], names: Sequence[str] | None) -> Triple:
-    values = [row[c] for c in labels]
-    readable = [row[c] or v for c, v in zip(names, values)] if names else values
-    return Triple(*values, *readable)
-
-
 def read_topk(path: Path, *, top: int) -> list[Case]:
     """The test triples of ``influence_topk.csv`` in file order, each with its ``top`` best of each kind."""
     cases: dict[tuple[str, ...], Case] = {}
     header_names: bool | None = None
     what = "the report of an influence-mode run needs the writer's influence_topk.csv"
-    for line, row in _csv_rows(path, TOPK_COLUMNS, what):
+    for line, row in csv_rows(path, TOPK_COLUMNS, what):
         if header_names is None:
-            header_names = all(c in row for c in TOPK_NAME_COLUMNS)
+            header_names = has_columns(row, TOPK_NAME_COLUMNS)
         names = TOPK_NAME_COLUMNS if header_names else None
-        kind = row["kind"]
-        if kind not in ("proponent", "opponent"):
-            raise TracInInputError(f"{path}:{line}: kind {kind!r} is neither 'proponent' nor 'opponent'")
-        test_index = _number(path, line, row, "test_index", int)
-        test = _triple(row, TOPK_COLUMNS[1:4], names[:3] if names else None)
+        kind = influence_kind(path, line, row)
+        test_index = number(path, line, row, "test_index", int)
+        test = Triple.from_row(row, TOPK_COLUMNS[1:4], names[:3] if names else None)
         key = (str(test_index), test.head, test.relation, test.tail)
         case = cases.get(key)
         if case is None:
             case = cases[key] = Case(position=len(cases), test_index=test_index, triple=test)
         entry = Influence(
             kind=kind,
-            rank=_number(path, line, row, "rank", int),
-            train_index=_number(path, line, row, "train_index", int),
-            triple=_triple(row, TOPK_COLUMNS[7:10], names[3:] if names else None),
-            influence=_number(path, line, row, "influence", float),
+            rank=number(path, line, row, "rank", int),
+            train_index=number(path, line, row, "train_index", int),
+            triple=Triple.from_row(row, TOPK_COLUMNS[7:10], names[3:] if names else None),
+            influence=number(path, line, row, "influence", float),
         )
         (case.proponents if kind == "proponent" else case.opponents).append(entry)
     if not cases:
@@ -190,13 +161,14 @@ def read_self(path: Path, *, top: int) -> SelfInfluence:
 
     def rows() -> Iterator[tuple[float, int, Triple]]:
         nonlocal header_names
-        for line, row in _csv_rows(path, SELF_COLUMNS, what):
+        for line, row in csv_rows(path, SELF_COLUMNS, what):
             if header_names is None:
-                header_names = all(c in row for c in SELF_NAME_COLUMNS)
-            value = _number(path, line, row, "self_influence", float)
+                header_names = has_columns(row, SELF_NAME_COLUMNS)
+            value = number(path, line, row, "self_influence", float)
             values.append(value)
             names = SELF_NAME_COLUMNS if header_names else None
-            yield value, _number(path, line, row, "train_index", int), _triple(row, SELF_COLUMNS[1:4], names)
+            train = Triple.from_row(row, SELF_COLUMNS[1:4], names)
+            yield value, number(path, line, row, "train_index", int), train
 
     highest = heapq.nlargest(top, rows(), key=lambda r: (r[0], -r[1]))
     if not values:

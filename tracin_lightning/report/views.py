@@ -26,7 +26,8 @@ from typing import Any
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path
 from ..outputs.schema import TOPK_NAME_COLUMNS
-from .read import Triple, _csv_rows, _number, _triple
+from .csv_rows import csv_rows, has_columns, influence_kind, number, optional_number
+from .read import Triple
 
 __all__ = [
     "EXPLANATIONS_FILE",
@@ -184,12 +185,6 @@ def write_explanations(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> N
         writer.writerows(rows)
 
 
-def _optional_number(path: Path, line: int, row: Mapping[str, str], column: str) -> float | None:
-    if not row.get(column):
-        return None
-    return float(_number(path, line, row, column, float))
-
-
 def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str], ViewCase]:
     """Every test triple of ``explanations.csv`` by ``(test_index, head, relation, tail)``.
 
@@ -200,38 +195,36 @@ def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str]
     pieces: dict[tuple[tuple[int, str, str, str], str, str, int], EvidenceShown] = {}
     has_names: bool | None = None
     what = "view explanations"
-    for line, row in _csv_rows(path, EXPLANATION_COLUMNS, what):
+    for line, row in csv_rows(path, EXPLANATION_COLUMNS, what):
         if has_names is None:
-            has_names = all(c in row for c in TOPK_NAME_COLUMNS)
+            has_names = has_columns(row, TOPK_NAME_COLUMNS)
         names = TOPK_NAME_COLUMNS if has_names else None
-        kind = row["kind"]
-        if kind not in ("proponent", "opponent"):
-            raise TracInInputError(f"{path}:{line}: kind {kind!r} is neither 'proponent' nor 'opponent'")
+        kind = influence_kind(path, line, row)
         if not row["view"]:
             raise TracInInputError(f"{path}:{line}: empty view")
-        index = _number(path, line, row, "test_index", int)
-        test = _triple(row, EXPLANATION_COLUMNS[1:4], names[:3] if names else None)
+        index = number(path, line, row, "test_index", int)
+        test = Triple.from_row(row, EXPLANATION_COLUMNS[1:4], names[:3] if names else None)
         key = (index, test.head, test.relation, test.tail)
         case = cases.get(key)
         if case is None:
             case = cases[key] = ViewCase(index, test)
-            case.model_rank = _optional_number(path, line, row, "model_rank")
-            case.model_score = _optional_number(path, line, row, "model_score")
-        rank = _number(path, line, row, "rank", int)
+            case.model_rank = optional_number(path, line, row, "model_rank")
+            case.model_score = optional_number(path, line, row, "model_score")
+        rank = number(path, line, row, "rank", int)
         piece_key = (key, row["view"], kind, rank)
         piece = pieces.get(piece_key)
         if piece is None:
-            score = _number(path, line, row, "score", float)
+            score = number(path, line, row, "score", float)
             piece = pieces[piece_key] = EvidenceShown(row["view"], kind, rank, score)
             case.evidence.append(piece)
-        step = _number(path, line, row, "step", int)
+        step = number(path, line, row, "step", int)
         if step != len(piece.steps):
             raise TracInInputError(f"{path}:{line}: step {step} where step {len(piece.steps)} was expected")
         piece.steps.append(
             Step(
-                _number(path, line, row, "train_index", int),
-                _triple(row, EXPLANATION_COLUMNS[10:13], names[3:] if names else None),
-                _number(path, line, row, "edge_score", float),
+                number(path, line, row, "train_index", int),
+                Triple.from_row(row, EXPLANATION_COLUMNS[10:13], names[3:] if names else None),
+                number(path, line, row, "edge_score", float),
             )
         )
     for case in cases.values():
