@@ -2,7 +2,8 @@
 
 ``build_index`` (or ``tracin-lightning index``) runs one Lightning predict pass that stores every
 training triple's reduced gradient at every checkpoint; ``InfluenceIndex.open`` answers
-``influence`` and ``top_k`` for any new test triple, exactly for row-only models.
+``influence`` and ``top_k`` for any new test triple, exactly for row-only models, and under any
+scoring variant (``variant=``) from an exact index.
 """
 
 from __future__ import annotations

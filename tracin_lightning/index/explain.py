@@ -66,8 +66,10 @@ def explain(args: list[str]) -> None:
     """``tracin-lightning explain``: top proponents and opponents of test triples, from an index.
 
     Prints one line to stderr naming the model, checkpoints and build time the index answers for,
-    then the rows as tab-separated values to stdout, and writes them to ``--output``. Bad input (an
-    unknown label, ``--top`` below 1, a ``--model`` that is not the indexed one) is one error line.
+    then the rows as tab-separated values to stdout, and writes them to ``--output``. With
+    ``--variant`` the scores (and the views' ranking) are that scoring variant's. Bad input (an
+    unknown label, ``--top`` below 1, a ``--model`` that is not the indexed one, a variant on a
+    projected index) is one error line.
     """
     from ..arguments import ArgumentParser
     from ..outputs.schema import TOPK_COLUMNS, TOPK_NAME_COLUMNS
@@ -96,6 +98,12 @@ def explain(args: list[str]) -> None:
         "side by side. Without --view: the plain top-k table",
     )
     parser.add_argument(
+        "--variant",
+        default=None,
+        help="a scoring variant (cosine, relatif, adam, head-local; see tracin_lightning.engine.variants) "
+        "instead of plain TracInCP, as compute_influence(variant=...) scores it: an exact index only",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         help="the model you mean to explain (a PyKEEN folder or model file): refused unless it is the one "
@@ -114,9 +122,11 @@ def explain(args: list[str]) -> None:
         print(f"projected index: {found.summary}", file=sys.stderr, flush=True)
     test = _test_triples(found, options.triple)
     if options.view:
-        _write_views(found, test, options.view, top=options.top, output=options.output)
+        _write_views(
+            found, test, options.view, top=options.top, output=options.output, variant=options.variant
+        )
         return
-    top = found.top_k(test, options.top)
+    top = found.top_k(test, options.top, variant=options.variant)
     names, train = found.names, found.train_triples
 
     def label(ids: list[int]) -> list[str]:
@@ -148,7 +158,9 @@ def explain(args: list[str]) -> None:
     printer.writerows(rows)
 
 
-def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: Path) -> None:
+def _write_views(
+    found: Any, test: Any, views: list[str], *, top: int, output: Path, variant: str | None = None
+) -> None:
     """The views' evidence for ``test`` from the index's influence rows, printed and written atomically."""
     import torch
 
@@ -167,7 +179,7 @@ def _write_views(found: Any, test: Any, views: list[str], *, top: int, output: P
             train_triples=train,
             test_triples=test.cpu(),
             top_k=top,
-            influence=found.influence(test),
+            influence=found.influence(test, variant=variant),
             num_entities=None if maps is None else maps.num_entities,
         )
     except TooManyPathsError as error:

@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from ..engine.influence import NonFiniteGradientError
 from ..engine.structure import SampleGradients
+from ..errors import TracInInputError
 from ..lightning.module import TracInModule
 
 __all__ = ["IndexModule"]
@@ -22,6 +23,9 @@ class IndexModule(TracInModule):
     It takes exactly ``TracInModule``'s arguments (so a ``predict`` configuration builds an index
     unchanged); ``mode``, ``top_k`` and the test triples are not used. Each ``predict_step`` returns
     ``{"index": (B,) rows, "gradients": [SampleGradients per checkpoint]}`` for :class:`IndexWriter`.
+
+    Checkpoint files saved with the optimizer's second moment (``save_exp_avg_sq=True``) have it
+    loaded too, so the index can store it for the ``adam`` variant.
     """
 
     @override
@@ -29,6 +33,18 @@ class IndexModule(TracInModule):
         self._require_gradients()
         self._check_maps()
         self._load_checkpoints()
+        self._load_exp_avg_sq()
+
+    def _load_exp_avg_sq(self) -> None:
+        for checkpoint, state in zip(self.checkpoint_list, self.states):
+            if state.exp_avg_sq is not None:
+                continue
+            try:
+                moments = checkpoint.load_exp_avg_sq(self.kge_model)
+            except TracInInputError:  # moments not of this model: the index is built without them
+                moments = None
+            if moments is not None:
+                state.exp_avg_sq = {name: value.detach().cpu() for name, value in moments.items()}
 
     @override
     def predict_step(self, batch: Mapping[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Any] | None:

@@ -37,6 +37,10 @@ def write_checkpoints(
 ) -> list[dict[str, Any]]:
     """``checkpoints/ckpt{k}.pt`` (the weights of each checkpoint): the manifest's ``checkpoints``.
 
+    A checkpoint loaded with the optimizer's second moment also gets ``checkpoints/ckpt{k}.exp_avg_sq.pt``
+    (for the ``adam`` variant), recorded under its entry's ``exp_avg_sq``; without it the entry has
+    none, as in an index built before the second moment was stored.
+
     Args:
         directory: the index folder.
         checkpoints: the checkpoints as given to the build (names, learning rates, epochs).
@@ -48,16 +52,23 @@ def write_checkpoints(
         path = directory / "checkpoints" / f"ckpt{k}.pt"
         with atomic_path(path) as tmp:
             torch.save({name: value.detach().cpu() for name, value in loaded.state.items()}, tmp)
-        out.append(
-            {
-                "name": checkpoint.name,
-                "learning_rate": checkpoint.learning_rate,
-                "epoch": checkpoint.epoch,
-                "file": f"checkpoints/ckpt{k}.pt",
-                "sha256": file_digest(path),
-                "content_sha256": content,
+        entry: dict[str, Any] = {
+            "name": checkpoint.name,
+            "learning_rate": checkpoint.learning_rate,
+            "epoch": checkpoint.epoch,
+            "file": f"checkpoints/ckpt{k}.pt",
+            "sha256": file_digest(path),
+            "content_sha256": content,
+        }
+        if loaded.exp_avg_sq is not None:
+            moments = directory / "checkpoints" / f"ckpt{k}.exp_avg_sq.pt"
+            with atomic_path(moments) as tmp:
+                torch.save({name: value.detach().cpu() for name, value in loaded.exp_avg_sq.items()}, tmp)
+            entry["exp_avg_sq"] = {
+                "file": f"checkpoints/ckpt{k}.exp_avg_sq.pt",
+                "sha256": file_digest(moments),
             }
-        )
+        out.append(entry)
     return out
 
 

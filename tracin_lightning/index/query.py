@@ -14,7 +14,7 @@ training triple instead, and adds the exact row parts through the inverted lists
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..engine.gradients import PerSampleGradients, select_parameters
+from ..engine.gradients import PerSampleGradients
 from ..engine.influence import CheckpointState, test_gradients
-from ..engine.losses import TripleLoss
 from ..engine.structure import SampleGradients, pairwise_dot
 from ..engine.topk import TopK
+from ..engine.variants import InfluenceVariant, VariantHint
 from ..errors import TracInInputError
-from ..inputs.json_object import read_json_object
 from ..inputs.maps import LabelMaps, check_ids_fit_model
 from ..inputs.names import Names
-from ..outputs.digest import state_digest
 from .agreement import agreement
+from .load import load_index
 from .sparse_topk import sparse_topk
 from .store import (
-    FORMAT,
-    MANIFEST,
-    VERSION,
     PartSpec,
     Sketch,
     flatten,
@@ -45,7 +41,7 @@ from .store import (
     per_checkpoint,
     unflatten,
 )
-from .verify import verify_checkpoints, verify_files
+from .variants import check_variant, index_variant, variant_scores
 
 __all__ = ["InfluenceIndex", "agreement"]  # agreement lives in .agreement, importable from here too
 
@@ -148,45 +144,19 @@ class InfluenceIndex:
             TracInInputError: no finished index there, files changed since the build, or a ``model``
                 / ``checkpoints`` that is not the indexed one.
         """
-        folder = Path(directory)
-        manifest = read_json_object(
-            folder / MANIFEST,
-            missing="not an influence index, or its build did not finish (run build_index or "
-            "tracin-lightning index again: it resumes)",
+        found = load_index(
+            directory, model=model, checkpoints=checkpoints, learning_rates=learning_rates, device=device
         )
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise TracInInputError(f"{folder / MANIFEST}: not a version {VERSION} {FORMAT} manifest")
-        verify_files(folder, manifest)
-        device = torch.device(device)
-        kge = torch.load(folder / manifest["model_file"], map_location=device, weights_only=False)
-        if model is not None:
-            from ..inputs.checkpoint_files import load_model
-
-            given = state_digest(load_model(model).state_dict())
-            if given != manifest["model_state_sha256"]:
-                raise TracInInputError(
-                    f"the given model is not the one the index in {folder} was built from (weights differ "
-                    "by sha256): rebuild the index for this model"
-                )
-        if checkpoints is not None:
-            verify_checkpoints(folder, manifest, checkpoints, learning_rates)
-        if str(manifest["loss"]).startswith("custom"):
-            raise TracInInputError(
-                f"{folder}: the index was built with a custom loss_fn, which cannot be reopened"
-            )
-        states_raw = [
-            torch.load(folder / c["file"], map_location=device, weights_only=True)
-            for c in manifest["checkpoints"]
-        ]
-        # the engine's per-sample gradients, set up as TracInModule sets them up (no Lightning needed)
-        loss = TripleLoss(model=kge, loss=manifest["loss"], inverse=bool(manifest["inverse_triples"]))
-        gradients = PerSampleGradients(loss=loss, params=select_parameters(kge, list(manifest["params"])))
-        states = [
-            CheckpointState(state=state, learning_rate=float(c["learning_rate"]))
-            for state, c in zip(states_raw, manifest["checkpoints"])
-        ]
-        return cls(folder, manifest, kge, gradients, states, device=device, test_batch_size=test_batch_size,
-                   memory_bytes=memory_bytes)  # fmt: skip
+        return cls(
+            found.directory,
+            found.manifest,
+            found.model,
+            found.gradients,
+            found.states,
+            device=found.device,
+            test_batch_size=test_batch_size,
+            memory_bytes=memory_bytes,
+        )
 
     # ---------------------------------------------------------------- inputs
     @property
@@ -229,9 +199,11 @@ class InfluenceIndex:
         check_ids_fit_model(test, self.model, what="test triples", index=torch.arange(test.shape[0]))
         return test.to(self.device)
 
-    def _test_grads(self, test: Tensor) -> list[SampleGradients]:
+    def _test_grads(self, test: Tensor, variant: InfluenceVariant | None = None) -> list[SampleGradients]:
         with torch.enable_grad():
-            grads = test_gradients(self.gradients, self.states, test, batch_size=self.test_batch_size)
+            grads = test_gradients(
+                self.gradients, self.states, test, batch_size=self.test_batch_size, variant=variant
+            )
         plan = self.gradients.plan
         paths = {} if plan is None else plan.describe()
         if paths != self.manifest["parameter_paths"]:
@@ -242,15 +214,30 @@ class InfluenceIndex:
         return grads
 
     # --------------------------------------------------------------- queries
-    def influence(self, test_triples: Tensor | Sequence[Sequence[Any]]) -> Tensor:
+    def influence(
+        self, test_triples: Tensor | Sequence[Sequence[Any]], *, variant: VariantHint = None
+    ) -> Tensor:
         """``(T, N)`` float32 CPU influence of every training triple, as ``compute_influence`` gives.
 
         Exact for an exact index; for a projected one, an unbiased estimate (see ``summary``).
 
         Args:
             test_triples: ``(T, 3)`` ids, or label triples when the index has maps.
+            variant: a scoring variant (``cosine``, ``relatif``, ``adam``, ``head-local``; see
+                :mod:`~tracin_lightning.engine.variants`), as ``compute_influence(variant=...)`` gives
+                it; None: plain TracInCP. An exact index only; it reads every stored training triple.
+
+        Raises:
+            TracInInputError: a variant on a projected index, ``adam`` on an index built from
+                checkpoints without the optimizer's second moment, or a bad test triple.
         """
+        chosen = self._variant(variant)
         test = self.encode(test_triples)
+        if chosen is not None:
+            out = torch.zeros(test.shape[0], self.num_train, dtype=torch.float32)
+            for rows, scores in self._variant_stream(test, chosen):
+                out[:, torch.from_numpy(rows)] = scores.cpu()
+            return out
         grads = self._test_grads(test)
         parts = [flatten(g) for g in grads]
         out = torch.zeros(test.shape[0], self.num_train, dtype=torch.float32)
@@ -266,7 +253,9 @@ class InfluenceIndex:
                 out[:, torch.from_numpy(rows)] = scores.cpu()
         return out
 
-    def top_k(self, test_triples: Tensor | Sequence[Sequence[Any]], top_k: int = 10) -> TopK:
+    def top_k(
+        self, test_triples: Tensor | Sequence[Sequence[Any]], top_k: int = 10, *, variant: VariantHint = None
+    ) -> TopK:
         """The ``top_k`` strongest proponents and opponents of each test triple, as ``compute_top_influence``.
 
         Proponents are the largest scores in descending order, opponents the smallest in ascending
@@ -274,11 +263,18 @@ class InfluenceIndex:
         :meth:`influence`'s rows (training triples sharing nothing with the test triple score exactly 0
         and take part in that order like any other 0). Row-only indexes score only the training
         triples that share a row with the test triple and never form ``(T, N)``; streaming indexes
-        keep a running top-k over the chunks.
+        keep a running top-k over the chunks, as does a query with a ``variant`` (see :meth:`influence`).
         """
         if top_k < 1:
             raise TracInInputError(f"top_k must be at least 1, got {top_k}")
         k = min(top_k, self.num_train)
+        chosen = self._variant(variant)
+        if chosen is not None:
+            test = self.encode(test_triples)
+            top = TopK.empty(num_test=test.shape[0], k=k)
+            for rows, scores in self._variant_stream(test, chosen):
+                top = top.update(scores.cpu(), torch.from_numpy(rows))
+            return top
         if self.mode == "sketch":  # every training triple scores: a (T, N) block at a time
             test = self.encode(test_triples)
             blocks: list[TopK] = []
@@ -300,6 +296,23 @@ class InfluenceIndex:
         for rows, scores in self._stream(parts):
             top = top.update(scores.cpu(), torch.from_numpy(rows))
         return top
+
+    # ------------------------------------------------------------- variants
+    def _variant(self, variant: VariantHint) -> InfluenceVariant | None:
+        """The variant asked for (None: plain), checked against this index and its checkpoints."""
+        chosen = index_variant(variant, projected=self.mode == "sketch")
+        if chosen is not None:
+            check_variant(chosen, self.directory, self.manifest, self.states, self.device)
+        return chosen
+
+    def _variant_stream(self, test: Tensor, variant: InfluenceVariant) -> Iterator[tuple[np.ndarray, Tensor]]:
+        """``(rows, (T, b) scores)`` under ``variant`` per chunk of stored training gradients."""
+        grads = self._test_grads(test, variant)
+        chunks = (
+            (rows, torch.from_numpy(np.asarray(self.train_triples[rows])).to(self.device), stored)
+            for rows, stored in self.stored_gradients()
+        )
+        yield from variant_scores(variant, self.gradients, self.states, grads, chunks)
 
     # ------------------------------------------------------------- row mode
     def _row_scores(self, parts: Sequence[Mapping[str, Tensor]], t: int) -> tuple[np.ndarray, Tensor]:
@@ -346,33 +359,46 @@ class InfluenceIndex:
         return torch.from_numpy(np.concatenate(pieces))
 
     # ---------------------------------------------------------- stream mode
-    def _stream(self, parts: Sequence[Mapping[str, Tensor]]) -> Any:
-        """``(rows, (T, b) scores)`` per chunk of stored training gradients, every training triple once."""
+    def stored_gradients(self) -> Iterator[tuple[np.ndarray, list[SampleGradients]]]:
+        """Every training triple's stored gradients, in chunks of ``(rows, gradients)``.
+
+        ``gradients`` holds one :class:`SampleGradients` per checkpoint. Exact indexes only (a projected
+        one stores sketches, not gradients); each chunk's stored parts at all checkpoints take about
+        ``CHUNK_BYTES``.
+        """
+        if self.mode == "sketch":
+            raise TracInInputError(f"{self.directory}: a projected index stores sketches, not the gradients")
         entry_bytes = sum(
             int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in self.parts
         ) * max(1, len(self.states))
         step = max(1, CHUNK_BYTES // max(1, entry_bytes))
-        tests = [unflatten(arrays) for arrays in parts]
         for r, folder in enumerate(self.shards):
             size = int(self.bases[r + 1] - self.bases[r])
             for start in range(0, size, step):
                 stop = min(size, start + step)
-                scores = torch.zeros(
-                    tests[0].batch_size, stop - start, dtype=torch.float32, device=self.device
-                )
                 shared = {
                     p.key: _read(folder / part_file(j, None), start, stop, self.device)
                     for j, p in enumerate(self.parts)
                     if not per_checkpoint(p.key)
                 }
-                for k, (test, state) in enumerate(zip(tests, self.states)):
+                stored = []
+                for k in range(len(self.states)):
                     arrays = dict(shared)
                     for j, p in enumerate(self.parts):
                         if per_checkpoint(p.key):
                             arrays[p.key] = _read(folder / part_file(j, k), start, stop, self.device)
-                    with torch.autocast(device_type=self.device.type, enabled=False):
-                        scores += state.learning_rate * pairwise_dot(test, unflatten(arrays))
-                yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], scores
+                    stored.append(unflatten(arrays))
+                yield self.entry_rows[self.bases[r] + start : self.bases[r] + stop], stored
+
+    def _stream(self, parts: Sequence[Mapping[str, Tensor]]) -> Iterator[tuple[np.ndarray, Tensor]]:
+        """``(rows, (T, b) scores)`` per chunk of stored training gradients, every training triple once."""
+        tests = [unflatten(arrays) for arrays in parts]
+        for rows, stored in self.stored_gradients():
+            scores = torch.zeros(tests[0].batch_size, len(rows), dtype=torch.float32, device=self.device)
+            for test, train, state in zip(tests, stored, self.states):
+                with torch.autocast(device_type=self.device.type, enabled=False):
+                    scores += state.learning_rate * pairwise_dot(test, train)
+            yield rows, scores
 
     def _stream_sketch(self, grads: Sequence[SampleGradients]) -> Any:
         """``(rows, (T, b) scores)`` per chunk: every score's sketched part and exact linear means."""

@@ -43,7 +43,7 @@ def verify_checkpoints(
 
 
 def verify_files(folder: Path, manifest: Mapping[str, Any]) -> None:
-    """Refuse an index whose model, checkpoint or sketch files, or shards, are not the manifest's.
+    """Refuse an index whose files (model, checkpoints, second moments, sketch) or shards changed.
 
     Raises:
         TracInInputError: naming the first file that is missing or changed since the build.
@@ -51,6 +51,8 @@ def verify_files(folder: Path, manifest: Mapping[str, Any]) -> None:
     verify_file(folder / manifest["model_file"], manifest["model_sha256"])
     for checkpoint in manifest["checkpoints"]:
         verify_file(folder / checkpoint["file"], checkpoint["sha256"])
+        if checkpoint.get("exp_avg_sq"):  # the optimizer's second moment, for the adam variant
+            verify_file(folder / checkpoint["exp_avg_sq"]["file"], checkpoint["exp_avg_sq"]["sha256"])
     if manifest.get("sketch"):
         directions = manifest["sketch"]["directions"]
         verify_file(folder / directions["file"], directions["sha256"])

@@ -170,6 +170,9 @@ class IndexWriter(BasePredictionWriter):
         state = pl_module.states[0].state
         fixed = 2 * sum(v.numel() * v.element_size() for v in state.values())  # model + one checkpoint
         fixed = fixed // 2 * (1 + len(pl_module.states)) + self._num_train * 3 * 8
+        fixed += sum(  # the optimizer's second moments, stored for the adam variant when the files had them
+            v.numel() * v.element_size() for s in pl_module.states for v in (s.exp_avg_sq or {}).values()
+        )
         self.form = choose_form(
             flatten(grads[0]),
             num_train=self._num_train,
