@@ -19,14 +19,13 @@ from tracin_lightning.engine import influence
 from tracin_lightning.engine.gradients import PerSampleGradients, select_parameters
 from tracin_lightning.engine.losses import TripleLoss
 from tracin_lightning.engine.plan import to_dense
+from tracin_lightning.testing import SMALL_MODEL_KWARGS
 from tracin_lightning.training import OneToNPatch, fast_one_to_n
 
-#: small sizes; every model here has an interaction with a matrix-product form
+#: small sizes (the exactness checks' own where they have one); every model here has an interaction with
+#: a matrix-product form
 KWARGS = {
-    "ConvE": dict(embedding_dim=32, output_channels=4, kernel_height=3, kernel_width=3, embedding_height=4,
-                  embedding_width=8),
-    "DistMult": dict(embedding_dim=16),
-    "ComplEx": dict(embedding_dim=8),
+    **{name: SMALL_MODEL_KWARGS[name] for name in ("ConvE", "DistMult", "ComplEx")},
     "RESCAL": dict(embedding_dim=6),
     "CP": dict(embedding_dim=4, rank=3),
     "TuckER": dict(embedding_dim=8, relation_dim=6),
