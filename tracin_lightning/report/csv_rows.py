@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import TracInInputError
 
-__all__ = ["csv_rows", "has_columns", "influence_kind", "number", "optional_number"]
+__all__ = ["csv_rows", "influence_kind", "name_columns", "number", "optional_number"]
 
 
 def csv_rows(path: Path, columns: Sequence[str], what: str) -> Iterator[tuple[int, dict[str, str]]]:
@@ -100,11 +100,11 @@ def influence_kind(path: Path, line: int, row: Mapping[str, str]) -> str:
     return kind
 
 
-def has_columns(row: Mapping[str, str], columns: Sequence[str]) -> bool:
-    """Whether a row (so its file's header) has every one of ``columns``, e.g. the optional names.
+def name_columns(row: Mapping[str, str], columns: Sequence[str]) -> Sequence[str] | None:
+    """``columns`` if a row (so its file's header) has every one of them, e.g. the optional names; else None.
 
     Example:
-        >>> has_columns({"a": "1"}, ["a", "b"])
-        False
+        >>> name_columns({"a": "1"}, ["a", "b"]) is None, name_columns({"a": "1"}, ["a"])
+        (True, ['a'])
     """
-    return all(c in row for c in columns)
+    return columns if all(c in row for c in columns) else None

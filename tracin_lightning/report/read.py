@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import TracInInputError
 from ..inputs.json_object import read_json_object
 from ..outputs.schema import SELF_COLUMNS, SELF_NAME_COLUMNS, TOPK_COLUMNS, TOPK_NAME_COLUMNS
-from .csv_rows import csv_rows, has_columns, influence_kind, number
+from .csv_rows import csv_rows, influence_kind, name_columns, number
 
 __all__ = [
     "Case",
@@ -124,12 +124,9 @@ def read_run_json(path: Path) -> dict[str, Any]:
 def read_topk(path: Path, *, top: int) -> list[Case]:
     """The test triples of ``influence_topk.csv`` in file order, each with its ``top`` best of each kind."""
     cases: dict[tuple[str, ...], Case] = {}
-    header_names: bool | None = None
     what = "the report of an influence-mode run needs the writer's influence_topk.csv"
     for line, row in csv_rows(path, TOPK_COLUMNS, what):
-        if header_names is None:
-            header_names = has_columns(row, TOPK_NAME_COLUMNS)
-        names = TOPK_NAME_COLUMNS if header_names else None
+        names = name_columns(row, TOPK_NAME_COLUMNS)
         kind = influence_kind(path, line, row)
         test_index = number(path, line, row, "test_index", int)
         test = Triple.from_row(row, TOPK_COLUMNS[1:4], names[:3] if names else None)
@@ -157,17 +154,12 @@ def read_self(path: Path, *, top: int) -> SelfInfluence:
     """Every value of ``self_influence.csv`` and its ``top`` highest rows (ties: lower row first)."""
     what = "the report of a self-mode run needs the writer's self_influence.csv"
     values = array("d")  # 8 bytes a row: self mode scores every training triple
-    header_names: bool | None = None
 
     def rows() -> Iterator[tuple[float, int, Triple]]:
-        nonlocal header_names
         for line, row in csv_rows(path, SELF_COLUMNS, what):
-            if header_names is None:
-                header_names = has_columns(row, SELF_NAME_COLUMNS)
             value = number(path, line, row, "self_influence", float)
             values.append(value)
-            names = SELF_NAME_COLUMNS if header_names else None
-            train = Triple.from_row(row, SELF_COLUMNS[1:4], names)
+            train = Triple.from_row(row, SELF_COLUMNS[1:4], name_columns(row, SELF_NAME_COLUMNS))
             yield value, number(path, line, row, "train_index", int), train
 
     highest = heapq.nlargest(top, rows(), key=lambda r: (r[0], -r[1]))

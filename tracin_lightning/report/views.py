@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import TracInInputError
 from ..outputs.atomic import atomic_path
 from ..outputs.schema import TOPK_NAME_COLUMNS
-from .csv_rows import csv_rows, has_columns, influence_kind, number, optional_number
+from .csv_rows import csv_rows, influence_kind, name_columns, number, optional_number
 from .read import Triple
 
 __all__ = [
@@ -193,12 +193,9 @@ def read_explanations(path: Path, *, top: int) -> dict[tuple[int, str, str, str]
     """
     cases: dict[tuple[int, str, str, str], ViewCase] = {}
     pieces: dict[tuple[tuple[int, str, str, str], str, str, int], EvidenceShown] = {}
-    has_names: bool | None = None
     what = "view explanations"
     for line, row in csv_rows(path, EXPLANATION_COLUMNS, what):
-        if has_names is None:
-            has_names = has_columns(row, TOPK_NAME_COLUMNS)
-        names = TOPK_NAME_COLUMNS if has_names else None
+        names = name_columns(row, TOPK_NAME_COLUMNS)
         kind = influence_kind(path, line, row)
         if not row["view"]:
             raise TracInInputError(f"{path}:{line}: empty view")
