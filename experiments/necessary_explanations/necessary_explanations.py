@@ -763,13 +763,14 @@ def suite_explanations(
     timing: dict[str, Any],
     cache: Path,
     influence: Tensor,
+    skip: Sequence[str] = (),
 ) -> dict[str, list[list[int]]]:
     """The ``views`` suite's removal sets (views_suite.py), with the cell's random-head, similar-head
     and random-far baselines from ``sets``; each variant's influence is computed once and cached."""
     train_ids = data.training.mapped_triples
     pkey = config.unremoved.key(chosen.tolist())
     influences = {"tracin": influence}  # plain TracIn over every checkpoint: computed already
-    for variant in SUITE_VARIANTS[1:]:
+    for variant in [v for v in SUITE_VARIANTS[1:] if v not in skip]:
         influences[variant], seconds = cached_tensor(
             cache / f"influence-{variant}-{pkey}.pt",
             lambda variant=variant: compute_influence(
@@ -899,6 +900,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="kelpie: the published cells' explainers; views: every explanation view and scoring "
         "variant at k = 1 and the matched k, Data Poisoning, random-head, similar-head, random-far "
         "(views_suite.py beside this script)",
+    )
+    parser.add_argument(
+        "--skip-variants",
+        nargs="*",
+        default=[],
+        choices=["cosine", "relatif", "adam", "head-local"],
+        help="views suite: scoring variants left out (adam with a 1-N loss costs entities x dim per "
+        "pair of triples)",
     )
     parser.add_argument("--smoke", action="store_true", help="Nations, dim 8, 4 epochs, 10 predictions (CI)")
     return parser.parse_args(argv)
@@ -1114,7 +1123,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     budget = config.budget
     if args.suite == "views":
         sets = suite_explanations(
-            config, data, base, predictions, chosen, manifest, common, sets, timing, cache, influence
+            config,
+            data,
+            base,
+            predictions,
+            chosen,
+            manifest,
+            common,
+            sets,
+            timing,
+            cache,
+            influence,
+            args.skip_variants,
         )
     plan: list[tuple[str, str, int]] = [("noise", "", config.seed + 1)]
     plan += [(name, name, config.seed) for name in sets if "@seed" not in name]
