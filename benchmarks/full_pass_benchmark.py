@@ -9,7 +9,10 @@ floor an exact pass is measured against. With K checkpoints the pass computes K 
 triple, so its ratio is taken against K such epochs (``ratio``) and, for reference, one epoch.
 
 Every measurement is repeated (``--repeats``) and the median is reported; the machine is shared, so
-only ratios measured side by side are comparable.
+only ratios measured side by side are comparable. Beside the wall-clock ratio the script prints the
+ratio of the process's CPU time (user + system, all threads; ``time.process_time``) for the pass and
+for the epoch, which other work on a loaded machine stretches far less than wall time, and the load
+average (``os.getloadavg``) before and after. Both sides run with the same ``torch.set_num_threads``.
 
 Example::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import statistics
 import tempfile
 import time
@@ -65,14 +69,15 @@ def make_model(name: str, training: object, seed: int) -> nn.Module:
     return cls(triples_factory=training, embedding_dim=200, random_seed=seed)  # type: ignore[arg-type]
 
 
-def plain_epoch(model: nn.Module, triples: Tensor, batch_size: int) -> float:
-    """Seconds for one batched forward+backward over ``triples`` with the bce loss, no optimiser step.
+def plain_epoch(model: nn.Module, triples: Tensor, batch_size: int) -> tuple[float, float]:
+    """Wall and CPU seconds for one batched forward+backward over ``triples`` with the bce loss, no
+    optimiser step.
 
     A model with inverse triples scores both directions of each triple, as its training (and TracIn's
     loss) does."""
     inverse = bool(getattr(model, "use_inverse_triples", False))
     model.train()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for batch in triples.split(batch_size):
         if inverse:
             h, r, t = batch.unbind(1)
@@ -80,7 +85,7 @@ def plain_epoch(model: nn.Module, triples: Tensor, batch_size: int) -> float:
         model.zero_grad(set_to_none=True)
         loss = F.softplus(-model.score_hrt(batch).reshape(-1)).sum()
         loss.backward()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start, time.process_time() - cpu
     model.zero_grad(set_to_none=True)
     model.eval()
     return elapsed
@@ -88,15 +93,20 @@ def plain_epoch(model: nn.Module, triples: Tensor, batch_size: int) -> float:
 
 def full_pass(
     model: nn.Module, train: Tensor, test: Tensor, checkpoints: list[str] | None, batch_size: int | None
-) -> tuple[float, Tensor]:
+) -> tuple[float, float, Tensor]:
+    """Wall and CPU seconds of one ``compute_influence`` pass, and its scores."""
     from tracin_lightning import compute_influence
 
     kwargs: dict[str, object] = {"loss": "bce"}  # the epoch's loss, whatever the model trained with
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     scores = compute_influence(model, train, test, checkpoints=checkpoints, **kwargs)
-    return time.perf_counter() - start, scores
+    return time.perf_counter() - start, time.process_time() - cpu, scores
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -129,11 +139,12 @@ def main() -> None:
         f"threads {torch.get_num_threads()}, batch size {batch_size}"
         f"{' (default)' if args.batch_size is None else ''}, torch {torch.__version__}"
     )
+    print(f"load average at start: {_load()}")
     print(
         "| model | checkpoints | compute_influence (s) | plain epoch (s) | ratio to K epochs "
-        "| ratio to 1 epoch |"
+        "| ratio to 1 epoch | CPU: pass (s) | CPU: epoch (s) | CPU ratio to K epochs | load before / after |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             model = make_model(name, training, seed=0)
@@ -146,21 +157,30 @@ def main() -> None:
                         path = Path(tmp) / f"{name}-{k}.pt"
                         torch.save(state, path)
                         files.append(str(path))
-                passes, epochs = [], []
+                passes, epochs, cpu_passes, cpu_epochs = [], [], [], []
+                before = _load()
                 for _ in range(args.repeats):  # alternate, so load changes hit both alike
-                    epochs.append(sum(plain_epoch(model, train, batch_size) for _ in range(count)) / count)
-                    seconds, scores = full_pass(model, train, test, files, args.batch_size)
+                    runs = [plain_epoch(model, train, batch_size) for _ in range(count)]
+                    epochs.append(sum(w for w, _ in runs) / count)
+                    cpu_epochs.append(sum(c for _, c in runs) / count)
+                    seconds, cpu, scores = full_pass(model, train, test, files, args.batch_size)
                     passes.append(seconds)
+                    cpu_passes.append(cpu)
                     del scores
                 t_pass, t_epoch = statistics.median(passes), statistics.median(epochs)
+                c_pass, c_epoch = statistics.median(cpu_passes), statistics.median(cpu_epochs)
                 print(
                     f"| {name} | {count} | {t_pass:.2f} | {t_epoch:.2f} | {t_pass / (count * t_epoch):.2f}x "
-                    f"| {t_pass / t_epoch:.2f}x |",
+                    f"| {t_pass / t_epoch:.2f}x | {c_pass:.2f} | {c_epoch:.2f} "
+                    f"| {c_pass / (count * c_epoch):.2f}x "
+                    f"| {before} / {_load()} |",
                     flush=True,
                 )
                 print(
-                    f"    runs: pass {', '.join(f'{s:.2f}' for s in passes)}; "
-                    f"epoch {', '.join(f'{s:.2f}' for s in epochs)}",
+                    f"    runs (wall): pass {', '.join(f'{s:.2f}' for s in passes)}; "
+                    f"epoch {', '.join(f'{s:.2f}' for s in epochs)}; (CPU): pass "
+                    f"{', '.join(f'{s:.2f}' for s in cpu_passes)}; "
+                    f"epoch {', '.join(f'{s:.2f}' for s in cpu_epochs)}",
                     flush=True,
                 )
 
