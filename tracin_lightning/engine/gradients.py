@@ -15,6 +15,14 @@ All other selected parameters are differentiated densely. The plan (:mod:`~traci
 says which parameter takes which path, and is checked once against plain autograd. The engine runs a
 shallow copy of the user's module tree (:func:`~tracin_lightning.engine.batchnorm.engine_copy`), so
 its hooks and its eval-mode BatchNorm never touch the user's modules.
+
+When no parameter is dense (e.g. DistMult, ComplEx, TransE, RotatE: embedding tables only), the
+per-sample gradients need no ``vmap``: each sample's loss depends on its own calls' outputs alone, so
+one ordinary backward of the batch's *summed* loss with respect to batch-shaped probes gives every
+sample's gradient at its own outputs, the same numbers ``vmap`` gives, at the cost of one plain
+training step without the table's scatter. That independence is the model's, not the engine's, so it
+is checked once, on the first batch of several samples, against the same pass run one sample at a
+time; a model that mixes samples (or a module left in training mode) keeps ``vmap``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from .probes import Call, ProbeCalls, probe_dtype, probe_hooks, probe_shape, vir
 from .structure import LinearGradients, RowGradients, SampleGradients, TableGradients
 
 __all__ = [
+    "CHECKED_SAMPLES",
     "MAX_FACTORED_POSITIONS",
     "MAX_VERIFIED_NUMEL",
     "GradientPlan",
@@ -55,6 +64,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Samples of the first batch that the batched pass is checked on, each against its own pass.
+CHECKED_SAMPLES = 8
 
 
 class PerSampleGradients:
@@ -109,6 +121,8 @@ class PerSampleGradients:
         self._fn: Callable[..., Any] | None = None
         self._shapes: list[Call] | None = None
         self._layout: dict[int, tuple[int, int]] = {}  # virtual rows of table reads, from _shapes
+        # whether samples are independent in one batched pass: None until checked on >= 2 samples
+        self._independent: bool | None = None
 
     # ------------------------------------------------------------ planning
     def _forward(self, state: Mapping[str, Tensor], triples: Tensor) -> Tensor:
@@ -207,6 +221,12 @@ class PerSampleGradients:
             self._shapes = self._record(state, triples[:1], plan)
             self._layout = virtual_layout(self._shapes)
         shapes = self._shapes
+        self._sync()
+        if self._batchable(plan):
+            if self._independent is None and triples.shape[0] > 1:
+                self._independent = self._samples_independent(state, triples[:CHECKED_SAMPLES])
+            if self._independent is not False:  # a batch of one sample is that sample's own pass
+                return self._batched(state, triples)
         probes = [
             torch.zeros(
                 probe_shape(kind, shape), dtype=probe_dtype(state, plan, kind, name), device=triples.device
@@ -215,7 +235,6 @@ class PerSampleGradients:
         ]
         dense = {n: state[n].detach() for n in plan.dense}
         const = {k: v.detach() for k, v in state.items() if k not in dense}
-        self._sync()
         with probe_hooks(self._copy, plan, adapter=self.adapter, current=lambda: self._active):
             try:
                 (dense_grads, probe_grads), aux = self._function()(dense, probes, const, triples)
@@ -228,6 +247,90 @@ class PerSampleGradients:
             finally:
                 self._active = None
         return _assemble(plan, shapes, probe_grads, aux, dense_grads, triples.shape[0])
+
+    # ------------------------------------------------------- batched pass
+    def _batchable(self, plan: GradientPlan) -> bool:
+        """Whether the batched pass may serve this plan: no dense parameter (those need a per-sample
+        gradient of the whole tensor), no compilation asked for (it compiles the vmap function), and
+        every module in eval mode (training-mode BatchNorm mixes samples, dropout draws per call)."""
+        return (
+            not plan.dense
+            and not self.compile
+            and self._independent is not False
+            and not any(m.training for m in self._copy.model.modules())  # type: ignore[operator,union-attr]
+        )
+
+    def _batched(self, state: Mapping[str, Tensor], triples: Tensor) -> SampleGradients:
+        """Per-sample gradients from one backward of the batch's summed loss (see the module docs)."""
+        plan, shapes = self.plan, self._shapes
+        assert plan is not None and shapes is not None
+        dtypes = [probe_dtype(state, plan, kind, name) for kind, name, _ in shapes]
+        calls = ProbeCalls(layout=self._layout, dtypes=dtypes)
+        const = {k: v.detach() for k, v in state.items()}
+        with probe_hooks(self._copy, plan, adapter=self.adapter, current=lambda: self._active):
+            try:
+                self._active = calls
+                with torch.enable_grad():
+                    value = self._forward(const, triples).sum()
+            finally:
+                self._active = None
+        if len(calls.made) != len(shapes):
+            raise RuntimeError("the batched pass made fewer probed calls than the recorded pass")
+        made = [p for p in calls.made if p is not None]
+        found = torch.autograd.grad(value, made, allow_unused=True) if made and value.requires_grad else []
+        grads = iter(found)
+        probe_grads = []
+        for probe in calls.made:
+            if probe is None:
+                probe_grads.append(torch.zeros(0))
+                continue
+            g = next(grads, None)
+            probe_grads.append(torch.zeros_like(probe) if g is None else g)
+        return _assemble(plan, shapes, probe_grads, calls.aux, {}, triples.shape[0])
+
+    def _samples_independent(self, state: Mapping[str, Tensor], triples: Tensor) -> bool:
+        """Whether the batched pass over ``triples`` gives each sample the gradients of its own pass.
+
+        Checked in full precision (rounding is not a dependence); a model whose probed calls differ
+        with the batch, or whose samples' gradients differ, keeps the vmap path.
+        """
+        with torch.autocast(device_type=triples.device.type, enabled=False):
+            try:
+                together = self._batched(state, triples)
+                alone = SampleGradients.cat([self._batched(state, one) for one in triples.split(1)])
+            except RuntimeError as error:
+                logger.info("batched per-sample gradients unavailable (%s); using vmap", error)
+                return False
+        same = _same_gradients(together, alone)
+        if not same:
+            logger.info("samples interact in a batched pass; using vmap for per-sample gradients")
+        return same
+
+
+def _close(a: Tensor, b: Tensor, rtol: float = 1e-4) -> bool:
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    scale = b.abs().amax(dim=tuple(range(1, b.dim())), keepdim=True).clamp_min(1e-12) if b.dim() > 1 else None
+    bound = rtol * (scale if scale is not None else b.abs().max().clamp_min(1e-12))
+    return bool(((a - b).abs() <= bound).all())
+
+
+def _same_gradients(a: SampleGradients, b: SampleGradients) -> bool:
+    """Whether two reduced gradients of the same samples agree, each sample against its own scale."""
+    if a._groups() != b._groups():
+        return False
+    pairs = [(a.rows[k].ids, b.rows[k].ids) for k in a.rows] + [
+        (a.rows[k].grads, b.rows[k].grads) for k in a.rows
+    ]
+    pairs += [
+        (x, y) for k in a.linear for x, y in zip(vars(a.linear[k]).values(), vars(b.linear[k]).values())
+    ]
+    pairs += [
+        (x, y) for k in a.tables for x, y in zip(vars(a.tables[k]).values(), vars(b.tables[k]).values())
+    ]
+    return all(_close(x, y) for x, y in pairs)
 
 
 def _assemble(

@@ -38,27 +38,52 @@ class ProbeCalls:
     ``(d,)`` = the real size of one row) and ``scores`` (the 1-N scores that follow table reads).
 
     Args:
-        probes: one zero tensor per recorded call, in order; None records the calls instead.
+        probes: one zero tensor per recorded call, in order; None records the calls instead (or,
+            with ``dtypes``, makes the probes).
         layout: the :func:`virtual_layout` of the recorded calls.
+        dtypes: one probe dtype per recorded call: each call then gets a fresh zero probe of its
+            output's shape that requires grad, kept in :attr:`made` (None for a table read). This is
+            the batched pass: one backward of the batch's summed loss gives every sample's gradient
+            at its own calls' outputs.
     """
 
     def __init__(
         self,
         probes: Sequence[Tensor] | None = None,
         layout: Mapping[int, tuple[int, int]] | None = None,
+        dtypes: Sequence[torch.dtype] | None = None,
     ) -> None:
         self.probes = probes
+        self.dtypes = dtypes
+        self.made: list[Tensor | None] = []
         self.shapes: list[Call] = []
         self.aux: list[Tensor] = []
         self.position = 0
         self.layout = layout or {}
 
+    @property
+    def recording(self) -> bool:
+        """Whether this pass records the calls (no probes given or made)."""
+        return self.probes is None and self.dtypes is None
+
+    def _probe(self, like: Tensor) -> Tensor:
+        if self.probes is not None:
+            return self.probes[self.position]
+        assert self.dtypes is not None
+        if self.position >= len(self.dtypes):
+            raise RuntimeError("the batched pass made more probed calls than the recorded pass")
+        probe = torch.zeros(
+            like.shape, dtype=self.dtypes[self.position], device=like.device, requires_grad=True
+        )
+        self.made.append(probe)
+        return probe
+
     def __call__(self, kind: str, name: str, inputs: Tensor, output: Tensor) -> Tensor | None:
         """A lookup (``rows``) or ``linear`` call: add its probe, keep its ids or inputs."""
-        if self.probes is None:
+        if self.recording:
             self.shapes.append((kind, name, output.shape))
             return None
-        probe = self.probes[self.position]
+        probe = self._probe(output)
         self.position += 1
         if kind == "rows":
             self.aux.append(inputs.reshape(-1))
@@ -68,9 +93,11 @@ class ProbeCalls:
 
     def table(self, name: str, output: Tensor) -> Tensor | None:
         """A whole-table read: append the virtual rows that give the query vector."""
-        if self.probes is None:
+        if self.recording:
             self.shapes.append(("table", name, torch.Size([_row_size(output)])))
             return None
+        if self.dtypes is not None:
+            self.made.append(None)  # a table read takes no probe, only virtual rows
         start, total = self.layout[self.position]
         self.position += 1
         size = _row_size(output)
@@ -84,14 +111,14 @@ class ProbeCalls:
 
     def scores(self, output: Tensor) -> Tensor | None:
         """1-N scores: split off the virtual columns (query = unit-row score - zero-row score)."""
-        if self.probes is None:
+        if self.recording:
             self.shapes.append(("scores", "tail_scores", output.shape))
             return None
-        probe = self.probes[self.position]
         _, total = self.layout[self.position]
-        self.position += 1
         n = output.shape[-1] - total
         real, virtual = output[..., :n], output[..., n:]
+        probe = self._probe(real)
+        self.position += 1
         self.aux.append((virtual[..., :-1] - virtual[..., -1:]).reshape(-1) if total else virtual.reshape(-1))
         return real + probe
 
