@@ -16,7 +16,10 @@ shared machine only ever adds time; every run is printed too):
   1-N training. ``--pykeen-epoch`` adds the same epoch through PyKEEN's own broadcast contraction.
 
 Ratios: ``ce / bce`` (goal <= 2) and ``ce / (K x epoch)`` (goal <= 2), from wall-clock time and, since
-a shared machine stretches wall time unevenly, from the process's CPU time too. Example::
+a shared machine stretches wall time unevenly, from the process's CPU time too (user + system, all
+threads; ``time.process_time``, as ``full_pass_benchmark.py`` measures it), with the load average
+(``os.getloadavg``) before and after each graph. Both sides run with the same ``torch.set_num_threads``.
+Example::
 
     python benchmarks/one_to_n_benchmark.py                          # both graphs, 1 checkpoint
     python benchmarks/one_to_n_benchmark.py --checkpoints 5 --train-limit 3000 --graphs synthetic
@@ -104,6 +107,10 @@ def full_pass(
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graphs", default="synthetic,kinships")
@@ -123,9 +130,10 @@ def main() -> None:
         f"ConvE dim 200, {args.checkpoints} checkpoint(s), threads {torch.get_num_threads()}, "
         f"torch {torch.__version__}"
     )
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start: {_load()}")
     header = (
-        "| graph | train triples | bce pass (s) | ce pass (s) | 1-N epoch (s) | ce / bce | ce / (K x epoch) |"
+        "| graph | train triples | bce pass (s) | ce pass (s) | 1-N epoch (s) | ce / bce | ce / (K x epoch) "
+        "| load before / after |"
     )
     if args.pykeen_epoch:
         header += " PyKEEN's 1-N epoch (s) |"
@@ -149,6 +157,7 @@ def main() -> None:
             patch = fast_one_to_n(fast)
             times: dict[str, list[tuple[float, float]]] = {"bce": [], "ce": [], "epoch": [], "pykeen": []}
             loads = []
+            before = _load()
             for _ in range(args.repeats):  # alternate, so load changes hit all alike
                 times["epoch"].append(one_to_n_epoch(fast, train, 256))
                 times["bce"].append(full_pass(model, train, test, files, "bce"))
@@ -158,12 +167,13 @@ def main() -> None:
                 plain = make_model(factory, seed=0)
                 times["pykeen"].append(one_to_n_epoch(plain, train, 256))
             patch.undo()
+            after = _load()
             for clock, which in (("wall", 0), ("cpu", 1)):
                 med = {k: min(t[which] for t in v) for k, v in times.items() if v}
                 bce, ce, epoch = med["bce"], med["ce"], med["epoch"]
                 row = (
                     f"| {graph} ({clock}) | {len(train)} | {bce:.1f} | {ce:.1f} | {epoch:.1f} "
-                    f"| {ce / bce:.2f}x | {ce / (args.checkpoints * epoch):.2f}x |"
+                    f"| {ce / bce:.2f}x | {ce / (args.checkpoints * epoch):.2f}x | {before} / {after} |"
                 )
                 if args.pykeen_epoch:
                     row += f" {med['pykeen']:.1f} |"
