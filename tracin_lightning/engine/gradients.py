@@ -333,6 +333,11 @@ def _same_gradients(a: SampleGradients, b: SampleGradients) -> bool:
     return all(_close(x, y) for x, y in pairs)
 
 
+def _joined(parts: Sequence[Tensor]) -> Tensor:
+    # the calls of one weight side by side per sample; a single call needs no copy
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts), 1)
+
+
 def _assemble(
     plan: GradientPlan,
     shapes: Sequence[Call],
@@ -364,14 +369,15 @@ def _assemble(
     out = SampleGradients()
     for weight, parts in rows.items():
         out.rows[weight] = RowGradients(
-            ids=torch.cat([p[0] for p in parts], 1), grads=torch.cat([p[1] for p in parts], 1)
+            ids=_joined([p[0] for p in parts]).contiguous(),  # a lookup's ids may be a column view
+            grads=_joined([p[1] for p in parts]),
         )
     for name, parts in linear.items():
-        inputs = torch.cat([p[1] for p in parts], 1)
+        inputs = _joined([p[1] for p in parts])
         if plan.linear[name][1] is not None:  # bias: its gradient is g, i.e. an input of constant 1
             inputs = torch.cat([inputs, inputs.new_ones(*inputs.shape[:-1], 1)], -1)
         out.linear[plan.linear[name][0]] = LinearGradients(
-            out_grads=torch.cat([p[0] for p in parts], 1), inputs=inputs
+            out_grads=_joined([p[0] for p in parts]), inputs=inputs
         )
     for weight, reads in tables.items():
         out.tables[weight] = TableGradients(

@@ -66,30 +66,38 @@ class ProbeCalls:
         """Whether this pass records the calls (no probes given or made)."""
         return self.probes is None and self.dtypes is None
 
-    def _probe(self, like: Tensor) -> Tensor:
+    def _probed(self, output: Tensor) -> Tensor:
+        """What the forward pass goes on with: ``output`` plus its probe, or, in the batched pass,
+        ``output`` itself as the tensor to differentiate at where that is the same gradient (the
+        probe's dtype, and a tensor of the graph or a fresh leaf): no zero tensor and no add."""
         if self.probes is not None:
-            return self.probes[self.position]
+            return output + self.probes[self.position]
         assert self.dtypes is not None
         if self.position >= len(self.dtypes):
             raise RuntimeError("the batched pass made more probed calls than the recorded pass")
-        probe = torch.zeros(
-            like.shape, dtype=self.dtypes[self.position], device=like.device, requires_grad=True
-        )
+        dtype = self.dtypes[self.position]
+        fresh_leaf = output.grad_fn is None and not output.requires_grad and output._base is None
+        if output.dtype == dtype and (output.grad_fn is not None or fresh_leaf):
+            if fresh_leaf:
+                output.requires_grad_(True)  # e.g. an embedding lookup of a constant table
+            self.made.append(output)
+            return output
+        probe = torch.zeros(output.shape, dtype=dtype, device=output.device, requires_grad=True)
         self.made.append(probe)
-        return probe
+        return output + probe
 
     def __call__(self, kind: str, name: str, inputs: Tensor, output: Tensor) -> Tensor | None:
         """A lookup (``rows``) or ``linear`` call: add its probe, keep its ids or inputs."""
         if self.recording:
             self.shapes.append((kind, name, output.shape))
             return None
-        probe = self._probe(output)
+        probed = self._probed(output)
         self.position += 1
         if kind == "rows":
             self.aux.append(inputs.reshape(-1))
         else:
             self.aux.append(inputs.reshape(-1, inputs.shape[-1]))
-        return output + probe
+        return probed
 
     def table(self, name: str, output: Tensor) -> Tensor | None:
         """A whole-table read: append the virtual rows that give the query vector."""
@@ -117,10 +125,10 @@ class ProbeCalls:
         _, total = self.layout[self.position]
         n = output.shape[-1] - total
         real, virtual = output[..., :n], output[..., n:]
-        probe = self._probe(real)
+        probed = self._probed(real)
         self.position += 1
         self.aux.append((virtual[..., :-1] - virtual[..., -1:]).reshape(-1) if total else virtual.reshape(-1))
-        return real + probe
+        return probed
 
 
 def _row_size(table: Tensor) -> int:
