@@ -128,3 +128,14 @@ def test_independent_samples_take_the_batched_pass() -> None:
     psg = PerSampleGradients(loss=TripleLoss(model=model), params=[n for n, _ in model.named_parameters()])
     grads = psg(dict(model.state_dict()), dataset.training.mapped_triples[:10])
     assert psg._independent is True and grads.batch_size == 10
+
+
+@pytest.mark.parametrize("loss", ["bce", "ce"])
+def test_batched_pass_hands_back_plain_tensors(monkeypatch: pytest.MonkeyPatch, loss: str) -> None:
+    """The batched pass records its lookups with the graph on; what leaves the engine carries none
+    (callers turn the influence into numpy arrays)."""
+    monkeypatch.setattr(PerSampleGradients, "_function", _no_vmap)
+    model, states, train, test = _setup("DistMult", False, 1)
+    got = compute_influence(model, train, test[:5], checkpoints=states, loss=loss, batch_size=STEP)
+    assert not got.requires_grad and got.grad_fn is None
+    got.numpy()  # raises for a tensor that still needs its graph

@@ -286,7 +286,10 @@ class PerSampleGradients:
                 continue
             g = next(grads, None)
             probe_grads.append(torch.zeros_like(probe) if g is None else g)
-        return _assemble(plan, shapes, probe_grads, calls.aux, {}, triples.shape[0])
+        # the aux values (looked-up ids, layer inputs) were recorded with the graph on: detached, the
+        # gradients carry no graph out of the engine, as vmap's do not
+        aux = [a.detach() for a in calls.aux]
+        return _assemble(plan, shapes, [g.detach() for g in probe_grads], aux, {}, triples.shape[0])
 
     def _samples_independent(self, state: Mapping[str, Tensor], triples: Tensor) -> bool:
         """Whether the batched pass over ``triples`` gives each sample the gradients of its own pass.
