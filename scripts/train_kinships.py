@@ -92,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.getLogger("pykeen").setLevel(logging.WARNING)
+    # PyKEEN's evaluator asks torch_max_mem for its batch size, which warns on every CPU run
+    logging.getLogger("torch_max_mem").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     output = Path(args.output)
     started = time.perf_counter()
