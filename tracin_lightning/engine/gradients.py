@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, vmap
 
 from .adapters import ScoringAdapter, resolve_adapter
 from .batchnorm import engine_copy
+from .layers import LayerCalls, layer_hooks, layer_owners
 from .losses import ScoresAllTails
 from .plan import (
     MAX_FACTORED_POSITIONS,
@@ -123,6 +124,9 @@ class PerSampleGradients:
         self._layout: dict[int, tuple[int, int]] = {}  # virtual rows of table reads, from _shapes
         # whether samples are independent in one batched pass: None until checked on >= 2 samples
         self._independent: bool | None = None
+        # the layers owning the dense parameters, for the batched pass (None: some need vmap)
+        self._owners: dict[str, dict[str, str]] | None = None
+        self._layers: LayerCalls | None = None
 
     # ------------------------------------------------------------ planning
     def _forward(self, state: Mapping[str, Tensor], triples: Tensor) -> Tensor:
@@ -220,13 +224,14 @@ class PerSampleGradients:
         if self._shapes is None:  # fixed by the model and plan: record once, not one extra forward per batch
             self._shapes = self._record(state, triples[:1], plan)
             self._layout = virtual_layout(self._shapes)
+            self._owners = layer_owners(self.model, plan.dense)
         shapes = self._shapes
         self._sync()
         if self._batchable(plan):
             if self._independent is None and triples.shape[0] > 1:
                 self._independent = self._samples_independent(state, triples[:CHECKED_SAMPLES])
             if self._independent is not False:  # a batch of one sample is that sample's own pass
-                return self._batched(state, triples)
+                return self._batched(state, triples, exact_dense=self._independent is None)
         probes = [
             torch.zeros(
                 probe_shape(kind, shape), dtype=probe_dtype(state, plan, kind, name), device=triples.device
@@ -250,35 +255,55 @@ class PerSampleGradients:
 
     # ------------------------------------------------------- batched pass
     def _batchable(self, plan: GradientPlan) -> bool:
-        """Whether the batched pass may serve this plan: no dense parameter (those need a per-sample
-        gradient of the whole tensor), no compilation asked for (it compiles the vmap function), and
-        every module in eval mode (training-mode BatchNorm mixes samples, dropout draws per call)."""
+        """Whether the batched pass may serve this plan: every dense parameter belongs to a layer whose
+        per-sample gradient it can form (:mod:`~tracin_lightning.engine.layers`), no compilation asked
+        for (it compiles the vmap function), and every module in eval mode (training-mode BatchNorm
+        mixes samples, dropout draws per call)."""
         return (
-            not plan.dense
+            (not plan.dense or self._owners is not None)
             and not self.compile
             and self._independent is not False
             and not any(m.training for m in self._copy.model.modules())  # type: ignore[operator,union-attr]
         )
 
-    def _batched(self, state: Mapping[str, Tensor], triples: Tensor) -> SampleGradients:
-        """Per-sample gradients from one backward of the batch's summed loss (see the module docs)."""
+    def _batched(
+        self, state: Mapping[str, Tensor], triples: Tensor, *, exact_dense: bool = False
+    ) -> SampleGradients:
+        """Per-sample gradients from one backward of the batch's summed loss (see the module docs).
+
+        The dense parameters' gradients come from their layers' closed forms, or, with
+        ``exact_dense`` (one sample only), from plain autograd with respect to the parameters.
+        """
         plan, shapes = self.plan, self._shapes
         assert plan is not None and shapes is not None
+        if exact_dense and triples.shape[0] != 1:
+            raise ValueError("plain autograd gives per-sample dense gradients for one sample only")
         dtypes = [probe_dtype(state, plan, kind, name) for kind, name, _ in shapes]
         calls = ProbeCalls(layout=self._layout, dtypes=dtypes)
         const = {k: v.detach() for k, v in state.items()}
-        with probe_hooks(self._copy, plan, adapter=self.adapter, current=lambda: self._active):
+        leaves = {n: const[n].clone().requires_grad_(True) for n in plan.dense} if exact_dense else {}
+        layers = LayerCalls(triples.shape[0])
+        with (
+            probe_hooks(self._copy, plan, adapter=self.adapter, current=lambda: self._active),
+            layer_hooks(self._copy, {} if exact_dense else (self._owners or {}), lambda: self._layers),
+        ):
             try:
-                self._active = calls
+                self._active, self._layers = calls, layers
                 with torch.enable_grad():
-                    value = self._forward(const, triples).sum()
+                    value = self._forward({**const, **leaves}, triples).sum()
             finally:
-                self._active = None
+                self._active, self._layers = None, None
         if len(calls.made) != len(shapes):
             raise RuntimeError("the batched pass made fewer probed calls than the recorded pass")
         made = [p for p in calls.made if p is not None]
-        found = torch.autograd.grad(value, made, allow_unused=True) if made and value.requires_grad else []
-        grads = iter(found)
+        extra = layers.probes + list(leaves.values())
+        found: Sequence[Tensor | None] = []
+        if (made or extra) and value.requires_grad:
+            found = torch.autograd.grad(value, made + extra, allow_unused=True)
+        dense_grads = self._dense_gradients(
+            layers, leaves, found[len(made) :], triples.shape[0], triples.device
+        )
+        grads = iter(found[: len(made)])
         probe_grads = []
         for probe in calls.made:
             if probe is None:
@@ -289,7 +314,26 @@ class PerSampleGradients:
         # the aux values (looked-up ids, layer inputs) were recorded with the graph on: detached, the
         # gradients carry no graph out of the engine, as vmap's do not
         aux = [a.detach() for a in calls.aux]
-        return _assemble(plan, shapes, [g.detach() for g in probe_grads], aux, {}, triples.shape[0])
+        return _assemble(plan, shapes, [g.detach() for g in probe_grads], aux, dense_grads, triples.shape[0])
+
+    def _dense_gradients(
+        self,
+        layers: LayerCalls,
+        leaves: Mapping[str, Tensor],
+        found: Sequence[Tensor | None],
+        batch: int,
+        device: torch.device,
+    ) -> dict[str, Tensor]:
+        """The dense parameters' per-sample gradients of a batched pass (zeros where none was reached)."""
+        assert self.plan is not None
+        # one sample with leaves: autograd's gradient is that sample's (batch dimension of one)
+        got = dict(zip(leaves, found)) if leaves else layers.gradients(found[: len(layers.calls)])
+        out = {}
+        for name in self.plan.dense:
+            g = got.get(name)
+            shape = (batch, *self.model.get_parameter(name).shape)
+            out[name] = torch.zeros(shape, device=device) if g is None else g.detach().float().reshape(shape)
+        return out
 
     def _samples_independent(self, state: Mapping[str, Tensor], triples: Tensor) -> bool:
         """Whether the batched pass over ``triples`` gives each sample the gradients of its own pass.
@@ -300,7 +344,9 @@ class PerSampleGradients:
         with torch.autocast(device_type=triples.device.type, enabled=False):
             try:
                 together = self._batched(state, triples)
-                alone = SampleGradients.cat([self._batched(state, one) for one in triples.split(1)])
+                alone = SampleGradients.cat(
+                    [self._batched(state, one, exact_dense=True) for one in triples.split(1)]
+                )
             except RuntimeError as error:
                 logger.info("batched per-sample gradients unavailable (%s); using vmap", error)
                 return False
@@ -333,6 +379,10 @@ def _same_gradients(a: SampleGradients, b: SampleGradients) -> bool:
     pairs += [
         (x, y) for k in a.tables for x, y in zip(vars(a.tables[k]).values(), vars(b.tables[k]).values())
     ]
+    if (a.dense is None) != (b.dense is None):
+        return False
+    if a.dense is not None and b.dense is not None:
+        pairs.append((a.dense, b.dense))
     return all(_close(x, y) for x, y in pairs)
 
 
