@@ -2,7 +2,8 @@
 
 ``F.batch_norm`` under ``vmap(grad)`` is slow (profiling showed it at 25-35% of ConvE's per-sample
 time); with frozen statistics it is exactly ``(x - mean) * weight / sqrt(var + eps) + bias``, which
-vmap handles as plain elementwise arithmetic. The user's modules are never patched: the engine runs
+vmap handles as plain elementwise arithmetic (passes without vmap keep the fused forward:
+:func:`own_batch_norm`). The user's modules are never patched: the engine runs
 a shallow copy of the module tree (:func:`engine_copy`) whose BatchNorm modules are instances of an
 eval-affine subclass, sharing every parameter and buffer tensor with the original. A scoring
 adapter may give other modules of the copy a faster class of the same maths the same way (PyKEEN's
@@ -11,14 +12,33 @@ interactions take their matrix-product form, see :mod:`tracin_lightning.engine.a
 
 from __future__ import annotations
 
+import contextvars
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["affine_batch_norm", "engine_copy"]
+__all__ = ["affine_batch_norm", "engine_copy", "own_batch_norm"]
+
+# set while the engine runs a pass without vmap: BatchNorm takes its own fused forward there
+_OWN_FORWARD: contextvars.ContextVar[bool] = contextvars.ContextVar("own_batch_norm", default=False)
+
+
+@contextmanager
+def own_batch_norm() -> Iterator[None]:
+    """While the block runs, the engine's BatchNorm copies compute with their class's own forward.
+
+    Outside ``vmap`` the fused ``F.batch_norm`` makes one pass over its input where the affine form
+    makes three; the affine form is for ``vmap`` only. The numbers are the model's own.
+    """
+    token = _OWN_FORWARD.set(True)
+    try:
+        yield
+    finally:
+        _OWN_FORWARD.reset(token)
 
 
 def affine_batch_norm(bn: _BatchNorm, x: Tensor) -> Tensor:
@@ -37,7 +57,7 @@ def affine_batch_norm(bn: _BatchNorm, x: Tensor) -> Tensor:
     mean, var = bn.running_mean, bn.running_var
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    if bn.training or mean is None or var is None:
+    if bn.training or mean is None or var is None or _OWN_FORWARD.get():
         own = _AFFINE_BASES.get(type(bn), type(bn))  # the user's class, not the engine's subclass
         return own.forward(bn, x)  # type: ignore[no-any-return]
     scale = torch.rsqrt(var + bn.eps)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .adapters import ScoringAdapter, resolve_adapter
-from .batchnorm import engine_copy
+from .batchnorm import engine_copy, own_batch_norm
 from .layers import LayerCalls, layer_hooks, layer_owners
 from .losses import ScoresAllTails
 from .plan import (
@@ -286,6 +286,7 @@ class PerSampleGradients:
         with (
             probe_hooks(self._copy, plan, adapter=self.adapter, current=lambda: self._active),
             layer_hooks(self._copy, {} if exact_dense else (self._owners or {}), lambda: self._layers),
+            own_batch_norm(),
         ):
             try:
                 self._active, self._layers = calls, layers

@@ -76,8 +76,9 @@ def layer_owners(model: nn.Module, dense: Sequence[str]) -> dict[str, dict[str, 
 
 
 class LayerCalls:
-    """The calls of the owning layers in one batched pass: each output gets a zero probe, each input
-    is kept, and :meth:`gradients` turns the probes' gradients into per-sample parameter gradients."""
+    """The calls of the owning layers in one batched pass: each output is differentiated at (a tensor
+    of the graph as it is, any other through a zero probe), each input is kept, and :meth:`gradients`
+    turns the gradients there into per-sample parameter gradients."""
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
@@ -88,7 +89,12 @@ class LayerCalls:
         """The probes to differentiate at, in call order."""
         return [probe for *_, probe in self.calls]
 
-    def __call__(self, module: nn.Module, attributes: dict[str, str], x: Tensor, output: Tensor) -> Tensor:
+    def __call__(
+        self, module: nn.Module, attributes: dict[str, str], x: Tensor, output: Tensor
+    ) -> Tensor | None:
+        if output.grad_fn is not None:  # a tensor of the graph: its gradient is the probe's, no add
+            self.calls.append((module, attributes, x.detach(), output))
+            return None
         probe = torch.zeros(output.shape, dtype=output.dtype, device=output.device, requires_grad=True)
         self.calls.append((module, attributes, x.detach(), probe))
         return output + probe
@@ -119,15 +125,23 @@ def _layer_gradients(module: nn.Module, x: Tensor, g: Tensor, batch: int) -> dic
     elif isinstance(module, _BatchNorm):
         shape = (1, -1) + (1,) * (x.dim() - 2)  # channels are dim 1 of (N, C, *)
         assert module.running_mean is not None and module.running_var is not None
-        normed = (x - module.running_mean.view(shape)) * torch.rsqrt(module.running_var + module.eps).view(
-            shape
-        )
-        per_row = {"weight": _per_channel(g * normed), "bias": _per_channel(g)}
+        # sum g * (x - mean) / sqrt(var + eps) per channel: one pass over the input, the rest per channel
+        centred = x - module.running_mean.view(shape)
+        scale = torch.rsqrt(module.running_var + module.eps)
+        per_row = {"weight": _channel_dot(g, centred) * scale, "bias": _per_channel(g)}
     else:  # Linear: rows (N, *, in) -> (N, positions, in)
         inputs = x.reshape(x.shape[0], -1, x.shape[-1])
         out_grads = g.reshape(g.shape[0], -1, g.shape[-1])
         per_row = {"weight": torch.bmm(out_grads.transpose(1, 2), inputs), "bias": out_grads.sum(1)}
     return {k: v.reshape(batch, -1, *v.shape[1:]).sum(1) for k, v in per_row.items()}
+
+
+def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    # (N, C, *positions) twice -> (N, C): dot products over positions by matmul (no product tensor)
+    if a.dim() == 2:
+        return a * b
+    a, b = a.flatten(2), b.flatten(2)
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).reshape(a.shape[:2])
 
 
 def _per_channel(values: Tensor) -> Tensor:
