@@ -7,7 +7,9 @@
 - ``plan``: parameter selection and the exact path each parameter takes (``GradientPlan``).
 - ``probes``: zero probes on lookups, linear layers and 1-N scores, as forward hooks.
 - ``batchnorm``: the engine's shallow copy of the module tree, with eval BatchNorm as an affine map.
-- ``gradients``: ``PerSampleGradients``, vmap(grad) over the probes and assembly of the reduced form.
+- ``gradients``: ``PerSampleGradients``: one batched backward or vmap(grad) over the probes, and
+  assembly of the reduced form.
+- ``layers``: per-sample gradients of convolution, BatchNorm and linear layers from a batched backward.
 - ``structure``: the reduced per-sample gradients and their exact inner products.
 - ``states``: a checkpoint as the engine sees it; ``influence``: TracInCP over checkpoints; ``variants``:
   scoring variants; ``topk``: streaming top-k; ``candidates``: graph filters.
