@@ -221,6 +221,48 @@ def test_simple_paths_by_hand_and_the_cap() -> None:
         simple_paths(edges, 0, 2, max_length=2, max_paths=2)
 
 
+def test_directed_paths_on_the_mechanism_graph() -> None:
+    """Directed paths follow each fact head -> tail: the mechanism 0 -> 1 -> 2 -> 3 and the
+    interaction route 0 -> 6 -> 3; the route through drug 4 runs against its treats facts."""
+    view = PathsView(max_length=4, aggregate="sum", directed=True)
+    assert proponents(view) == [((0, 1, 2), 1.6), ((5, 6), 1.0)]
+    undirected = {rows for rows, _ in proponents(PathsView(max_length=4, aggregate="sum"))}
+    assert {(0, 1, 2), (5, 6)} < undirected  # undirected also walks 0 -> 6 <- 5 <- 4 -> 3 and the like
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_directed_paths_are_networkx_simple_paths(seed: int) -> None:
+    """Every directed simple path, parallel facts apart, as networkx enumerates them on the multigraph."""
+    nx = pytest.importorskip("networkx")
+    train = random_graph(seed, entities=7, facts=18)
+    graph = nx.MultiDiGraph()
+    graph.add_nodes_from(range(7))
+    for row, (a, _, b) in enumerate(train.tolist()):
+        if a != b:
+            graph.add_edge(a, b, key=row)
+    edges = [(row, a, b) for row, (a, _, b) in enumerate(train.tolist())]
+    for source, target in [(0, 1), (2, 5), (3, 6), (6, 0)]:
+        expected = {
+            tuple(key for _, _, key in path)
+            for path in nx.all_simple_edge_paths(graph, source, target, cutoff=4)
+        }
+        got = simple_paths(edges, source, target, max_length=4, max_paths=10**6, directed=True)
+        assert {rows for rows, _ in got} == expected
+        for rows, nodes in got:  # each fact taken head -> tail
+            assert all(train[row, 0] == nodes[k] and train[row, 2] == nodes[k + 1] for k, row in enumerate(rows))
+
+
+def test_view_options_in_the_name() -> None:
+    """A CLI flag or YAML list sets a view's options as NAME:KEY=VALUE,..."""
+    view = resolve_view("paths:max_length=5, aggregate=min,directed=true")
+    assert (view.max_length, view.aggregate, view.directed) == (5, "min", True)  # type: ignore[attr-defined]
+    assert resolve_view("supporting:hops=2").hops == 2  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="'max_length' is not KEY=VALUE"):
+        resolve_view("paths:max_length")
+    with pytest.raises(ValueError, match="directed must be true or false"):
+        resolve_view("paths:directed=yes")
+
+
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         explain_with_view("all", train_triples=TRAIN, test_triples=TEST)

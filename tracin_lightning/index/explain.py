@@ -93,7 +93,8 @@ def explain(args: list[str]) -> None:
         "--view",
         action="append",
         default=None,
-        help="an explanation view (supporting, analogies, paths, all; see tracin_lightning.views): the "
+        help="an explanation view (supporting, analogies, paths, all; see tracin_lightning.views), with "
+        "options as NAME:KEY=VALUE,... (e.g. paths:max_length=6,aggregate=min,directed=true): the "
         "facts or paths it ranks, written in the report's explanations.csv columns; repeat for several "
         "side by side. Without --view: the plain top-k table",
     )

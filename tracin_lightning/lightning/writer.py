@@ -67,7 +67,8 @@ class InfluenceWriter(BasePredictionWriter):
         output_dir: folder for the results (created if missing).
         save_matrix: also write the full influence matrix (``num_test x num_train`` float32).
         views: explanation views to rank from the matrix into ``explanations.csv`` (``supporting``,
-            ``analogies``, ``paths``, ``all``); they need ``save_matrix`` and no candidate filter.
+            ``analogies``, ``paths``, ``all``, with options as ``paths:max_length=6,directed=true``);
+            they need ``save_matrix`` and no candidate filter.
         flush_every: batches per recorded chunk.
         resume: continue from recorded partial results in ``output_dir`` (False starts over).
     """

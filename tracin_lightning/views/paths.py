@@ -2,11 +2,12 @@
 
 "Why does the model predict that drug X treats disease Y?" is usually answered by a mechanism, a
 chain ``X -> target -> pathway -> Y``. This view enumerates the simple paths of at most
-``max_length`` edges between ``h`` and ``t`` in the *undirected* training graph (relations and
-directions ignored; parallel facts give distinct paths), the predicted fact ``(h, r, t)`` itself
-excluded, and scores each path by the ``mean``, ``min`` or ``sum`` of its facts' influence on the
-prediction. Only facts the ``paths`` candidate filter keeps can lie on such a path, so only their
-influence is needed.
+``max_length`` edges between ``h`` and ``t`` in the training graph, the predicted fact ``(h, r, t)``
+itself excluded, and scores each path by the ``mean``, ``min`` or ``sum`` of its facts' influence on
+the prediction. By default the graph is *undirected* (relations and directions ignored; parallel
+facts give distinct paths); ``directed=True`` follows each fact from its head to its tail only, the
+shape of a curated mechanism (drug -> target -> pathway -> disease). Only facts the ``paths``
+candidate filter keeps can lie on such a path, so only their influence is needed.
 """
 
 from __future__ import annotations
@@ -32,31 +33,42 @@ class TooManyPathsError(ValueError):
 
 
 def simple_paths(
-    edges: list[tuple[int, int, int]], source: int, target: int, *, max_length: int, max_paths: int
+    edges: list[tuple[int, int, int]],
+    source: int,
+    target: int,
+    *,
+    max_length: int,
+    max_paths: int,
+    directed: bool = False,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Every simple path of at most ``max_length`` edges from ``source`` to ``target``.
 
     Args:
-        edges: ``(row, a, b)`` undirected edges (a training row joining entities ``a`` and ``b``).
+        edges: ``(row, a, b)`` edges (a training row joining entities ``a`` and ``b``).
         source: the first entity.
         target: the last entity.
         max_length: the most edges on a path.
         max_paths: raise :class:`TooManyPathsError` beyond this many paths.
+        directed: follow each edge from ``a`` to ``b`` only (default: both ways).
 
     Returns:
         ``(rows, entities)`` per path, ``entities`` from ``source`` to ``target``, in a fixed order
         (depth-first over edges sorted by row).
 
     Example:
-        >>> simple_paths([(0, 0, 1), (1, 1, 2), (2, 0, 2), (3, 2, 1)], 0, 2, max_length=2, max_paths=10)
+        >>> edges = [(0, 0, 1), (1, 1, 2), (2, 0, 2), (3, 2, 1)]
+        >>> simple_paths(edges, 0, 2, max_length=2, max_paths=10)
         [((0, 1), (0, 1, 2)), ((0, 3), (0, 1, 2)), ((2,), (0, 2))]
+        >>> simple_paths(edges, 0, 2, max_length=2, max_paths=10, directed=True)  # row 3 runs 2 -> 1
+        [((0, 1), (0, 1, 2)), ((2,), (0, 2))]
     """
     adjacency: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for row, a, b in sorted(edges):
         if a == b:
             continue  # a self-loop is never on a simple path
         adjacency[a].append((row, b))
-        adjacency[b].append((row, a))
+        if not directed:
+            adjacency[b].append((row, a))
     out: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     rows: list[int] = []
     nodes = [source]
@@ -93,6 +105,8 @@ class PathsView(ExplanationView):
         aggregate: ``mean`` (default), ``min`` (a path is as convincing as its weakest fact) or
             ``sum`` of the facts' influence.
         max_paths: the most paths enumerated per test triple before :class:`TooManyPathsError`.
+        directed: only paths that follow every fact from its head to its tail (``h -> ... -> t``,
+            the shape of a curated mechanism); default: facts in either direction.
 
     Example:
         >>> import torch
@@ -110,16 +124,25 @@ class PathsView(ExplanationView):
     name = "paths"
 
     def __init__(
-        self, *, max_length: int = 3, aggregate: Aggregate = "mean", max_paths: int = 100_000
+        self,
+        *,
+        max_length: int = 3,
+        aggregate: Aggregate = "mean",
+        max_paths: int = 100_000,
+        directed: bool = False,
     ) -> None:
         self.max_length = check_radius("max_length", max_length)
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         self.aggregate: Aggregate = aggregate
         self.max_paths = max_paths
+        if not isinstance(directed, bool):
+            raise ValueError(f"directed must be true or false, got {directed!r}")
+        self.directed = directed
 
     def candidates(self, train: Tensor, test: Tensor, *, num_entities: int) -> Tensor:
-        """Facts that may lie on a short enough path (the ``paths`` filter), not the predicted fact."""
+        """Facts that may lie on a short enough path (the ``paths`` filter, which ignores directions:
+        a superset of the facts on directed paths), not the predicted fact."""
         test = test.to(train.device)
         near = build_filter(
             train, test, num_entities=num_entities, mode="paths", max_path_length=self.max_length
@@ -158,7 +181,9 @@ class PathsView(ExplanationView):
                 raise ValueError(f"a candidate's influence score is not finite (test triple {t})")
             edges = [(row_list[c], int(train[c, 0]), int(train[c, 2])) for c in columns]
             h, tail = int(test[t, 0]), int(test[t, 2])
-            paths = simple_paths(edges, h, tail, max_length=self.max_length, max_paths=self.max_paths)
+            paths = simple_paths(
+                edges, h, tail, max_length=self.max_length, max_paths=self.max_paths, directed=self.directed
+            )
             scored = [
                 (self._score([values[r] for r in path_rows]), path_rows, nodes) for path_rows, nodes in paths
             ]
@@ -175,4 +200,5 @@ class PathsView(ExplanationView):
         return out
 
     def __repr__(self) -> str:
-        return f"PathsView(max_length={self.max_length}, aggregate={self.aggregate!r})"
+        directed = ", directed=True" if self.directed else ""
+        return f"PathsView(max_length={self.max_length}, aggregate={self.aggregate!r}{directed})"
