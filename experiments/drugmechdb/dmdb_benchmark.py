@@ -518,11 +518,17 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 # -------------------------------------------------------------------------------------------- the run
 
 
+Enumerated = dict[tuple[bool, int], list[list[tuple[int, ...]]]]  # (directed, length) -> paths per held-out
+
+
 def view_rankings(
-    data: Data, matrix: Tensor, settings: Settings, undirected: dict[int, list[list[tuple[int, ...]]]]
+    data: Data, matrix: Tensor, settings: Settings, enumerated: Enumerated
 ) -> dict[str, tuple[list[list[int]], list[list[tuple[int, ...]]] | None]]:
     """Rankings from the package's explanation views (``tracin_lightning.views``) on one influence matrix:
-    ``{name: (edge rankings per held-out triple, path rankings or None)}``; empty without the views."""
+    ``{name: (edge rankings per held-out triple, path rankings or None)}``; empty without the views.
+
+    ``enumerated`` holds the paths view's paths (:func:`view_paths`): undirected ones give
+    ``paths_<agg>_L<n>``, directed ones (``paths:directed=true``) ``paths_directed_<agg>_L<n>``."""
     try:
         from tracin_lightning.views import resolve_view
     except ImportError:  # an older package: no views
@@ -535,32 +541,45 @@ def view_rankings(
     for name, view in facts:
         mask = view.candidates(data.train, data.heldout, num_entities=entities)
         out[name] = ([order[i][mask[i][order[i]]].tolist() for i in range(len(order))], None)
-    for length in settings.view_path_lengths:
-        enumerated = undirected[length]
+    for (directed, length), paths_of in sorted(enumerated.items()):
+        if not paths_of:  # a package without the paths view, or without its directed option
+            continue
         for aggregate in AGGREGATES:
             # the paths view's enumeration and order (by_influence's ties="rows" is the view's sort)
             paths = [
-                by_influence(enumerated[i], matrix[i].float().double().numpy(), aggregate, ties="rows")
+                by_influence(paths_of[i], matrix[i].float().double().numpy(), aggregate, ties="rows")
                 for i in range(len(order))
             ]
-            out[f"paths_{aggregate}_L{length}"] = ([edges_of(p) for p in paths], paths)
+            name = f"paths_directed_{aggregate}_L{length}" if directed else f"paths_{aggregate}_L{length}"
+            out[name] = ([edges_of(p) for p in paths], paths)
     return out
 
 
-def undirected_paths(data: Data, length: int) -> list[list[tuple[int, ...]]]:
-    """Undirected simple drug - disease paths of each held-out triple (the paths view's enumeration)."""
+def view_paths(data: Data, length: int, *, directed: bool = False) -> list[list[tuple[int, ...]]]:
+    """Simple drug - disease paths of each held-out triple as the paths view enumerates them
+    (undirected, or with ``directed`` head -> tail only); empty for a package without them."""
     try:
-        from tracin_lightning.views import resolve_view
-        from tracin_lightning.views import simple_paths as undirected
+        from tracin_lightning.views import resolve_view, simple_paths
     except ImportError:
         return []
-    view = resolve_view("paths", max_length=length)
+    try:
+        view = resolve_view("paths", max_length=length, directed=directed)
+    except TypeError:  # a package whose paths view has no directed option
+        return []
     mask = view.candidates(data.train, data.heldout, num_entities=data.factory.num_entities)
     out = []
     for i, (h, _, t) in enumerate(data.heldout.tolist()):
         rows = torch.nonzero(mask[i]).flatten().tolist()
         edges = [(r, int(data.train[r, 0]), int(data.train[r, 2])) for r in rows]
-        out.append([p for p, _ in undirected(edges, h, t, max_length=length, max_paths=10**6)])
+        found = simple_paths(edges, h, t, max_length=length, max_paths=10**6, directed=directed)
+        out.append([p for p, _ in found])
+    return out
+
+
+def enumerate_view_paths(data: Data, settings: Settings) -> Enumerated:
+    """The paths view's paths: undirected at ``view_path_lengths``, directed at ``path_lengths``."""
+    out: Enumerated = {(False, n): view_paths(data, n) for n in settings.view_path_lengths}
+    out.update({(True, n): view_paths(data, n, directed=True) for n in settings.path_lengths})
     return out
 
 
@@ -578,7 +597,7 @@ def evaluate(
             metrics.update(path_metrics(paths, rankings.expected[i]))
         per[name][i].append(metrics)
 
-    undirected = {length: undirected_paths(data, length) for length in settings.view_path_lengths}
+    enumerated = enumerate_view_paths(data, settings)
     for i in range(count):
         rng = np.random.default_rng([settings.seed, i])
         for _ in range(settings.random_draws):  # random baselines: mean over draws
@@ -589,8 +608,8 @@ def evaluate(
                 for length in lengths:
                     if kind == "directed":
                         paths = rankings.paths(i, length)
-                    elif undirected[length]:
-                        paths = undirected[length][i]
+                    elif enumerated[(False, length)]:
+                        paths = enumerated[(False, length)][i]
                     else:  # a package without the paths view
                         continue
                     for name, order in (("shortest", shortest_first), ("random", randomly)):
@@ -607,7 +626,7 @@ def evaluate(
                 for aggregate in AGGREGATES:
                     ranked = by_influence(rankings.paths(i, length), array, aggregate)
                     add(f"tracin_{loss}_directed_paths_{aggregate}_L{length}", i, edges_of(ranked), ranked)
-        for name, (edge_lists, path_lists) in view_rankings(data, matrix, settings, undirected).items():
+        for name, (edge_lists, path_lists) in view_rankings(data, matrix, settings, enumerated).items():
             for i in range(count):
                 add(f"view_{loss}_{name}", i, edge_lists[i], None if path_lists is None else path_lists[i])
     results: dict[str, dict[str, dict[str, float]]] = {}

@@ -117,8 +117,7 @@ def test_view_rankings_equal_the_package_views() -> None:
     matrix = torch.randn(data.heldout.shape[0], data.train.shape[0], generator=generator)
     matrix[:, ::7] = matrix[:, :1]  # ties
     settings = benchmark.SMOKE
-    undirected = {n: benchmark.undirected_paths(data, n) for n in settings.view_path_lengths}
-    ours = benchmark.view_rankings(data, matrix, settings, undirected)
+    ours = benchmark.view_rankings(data, matrix, settings, benchmark.enumerate_view_paths(data, settings))
     entities = data.factory.num_entities
     compared = 0
     for name, view in (
@@ -127,6 +126,11 @@ def test_view_rankings_equal_the_package_views() -> None:
         *(
             (f"paths_{a}_L{n}", resolve_view("paths", max_length=n, aggregate=a))
             for n in settings.view_path_lengths
+            for a in benchmark.AGGREGATES
+        ),
+        *(
+            (f"paths_directed_{a}_L{n}", resolve_view(f"paths:max_length={n},aggregate={a},directed=true"))
+            for n in settings.path_lengths
             for a in benchmark.AGGREGATES
         ),
     ):
@@ -143,3 +147,8 @@ def test_view_rankings_equal_the_package_views() -> None:
             assert theirs == paths
         compared += sum(map(len, theirs))
     assert compared > 100
+    # the directed view enumerates the benchmark's own directed paths (dmdb_graph.simple_paths)
+    rankings = benchmark.Rankings(data, settings)
+    for n in settings.path_lengths:
+        for i, paths in enumerate(ours[f"paths_directed_min_L{n}"][1] or []):
+            assert sorted(paths) == sorted(rankings.paths(i, n))
