@@ -230,6 +230,14 @@ def test_directed_paths_on_the_mechanism_graph() -> None:
     assert {(0, 1, 2), (5, 6)} < undirected  # undirected also walks 0 -> 6 <- 5 <- 4 -> 3 and the like
 
 
+def test_tied_paths_go_shorter_first() -> None:
+    """Equal scores (as ``min`` gives whenever paths share their weakest fact): the shorter chain
+    first, though the longer one has the smaller rows; then rows in order."""
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0, 0.0]])
+    ranked = proponents(PathsView(max_length=3, aggregate="min", directed=True), scores=scores)
+    assert ranked == [((5, 6), 0.0), ((0, 1, 2), 0.0)]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_directed_paths_are_networkx_simple_paths(seed: int) -> None:
     """Every directed simple path, parallel facts apart, as networkx enumerates them on the multigraph."""

@@ -459,8 +459,8 @@ def by_influence(
 ) -> list[tuple[int, ...]]:
     """Paths by descending ``mean``, ``min`` or ``sum`` of their edges' influence ``scores`` (float64).
 
-    Ties: ``length`` (shorter first, then enumeration order) or ``rows`` (the paths' training rows
-    compared as tuples, the paths view's rule). The view sums float32 scores in Python floats; on the
+    Ties: ``length`` (shorter first, then enumeration order) or ``rows`` (shorter first, then the
+    paths' training rows compared as tuples: the paths view's rule). The view sums float32 scores in Python floats; on the
     same float32 values cast to float64 this sums in the same order (paths are shorter than numpy's
     pairwise blocks), so ``ties="rows"`` reproduces the view's order exactly (tested).
     """
@@ -481,7 +481,7 @@ def by_influence(
             total = total + values[:, column]
         score = total / lengths if aggregate == "mean" else total
     if ties == "rows":
-        keys = [rows[:, c] for c in reversed(range(longest))] + [-score]
+        keys = [rows[:, c] for c in reversed(range(longest))] + [lengths, -score]
     else:
         keys = [np.arange(len(paths)), lengths, -score]
     return [paths[j] for j in np.lexsort(keys)]

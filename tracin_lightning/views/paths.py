@@ -167,8 +167,8 @@ class PathsView(ExplanationView):
     ) -> list[Evidence]:
         """The ``top_k`` paths per test triple by aggregate (proponents: largest; opponents: smallest).
 
-        Ties are broken by the paths' training rows (lexicographically), so the result equals a
-        full sort of all paths.
+        Ties go to the shorter path (the simpler chain), then to the lexicographically smaller
+        sequence of training rows, so the result equals a full sort of all paths.
         """
         rows = torch.arange(train.shape[0]) if rows is None else rows.cpu()
         scores, mask, train, test = scores.detach().float().cpu(), mask.cpu(), train.cpu(), test.cpu()
@@ -189,7 +189,7 @@ class PathsView(ExplanationView):
             ]
             kinds: tuple[tuple[Kind, float], ...] = (("proponent", -1.0), ("opponent", 1.0))
             for kind, sign in kinds:
-                best = sorted(scored, key=lambda item: (sign * item[0], item[1]))[:top_k]
+                best = sorted(scored, key=lambda item: (sign * item[0], len(item[1]), item[1]))[:top_k]
                 for rank, (value, path_rows, nodes) in enumerate(best, start=1):
                     out.append(
                         Evidence(
