@@ -15,8 +15,9 @@ Placeholders:
   literature's retrain and the paired one side by side where both were run;
 - ``necessary.base CELL``: the cell's base model against the published one, and its predictions;
 - ``necessary.seeds``: the spread over seeds; ``necessary.shares``: where TracIn's triples sit;
-- ``necessary.views`` / ``necessary.views_base`` / ``necessary.views_goals``: the CoDEx-S cells run
-  with every explanation view and scoring variant (``--suite views``);
+- ``necessary.views`` / ``necessary.views_base`` / ``necessary.views_goals`` [``codexs`` | ``published``]:
+  the cells run with the explanation views (``--suite views``): CoDEx-S with every scoring variant,
+  or the cheapest FB15k-237 / WN18RR cells;
 - ``faithfulness.table DATASET`` / ``faithfulness.baseline DATASET``: a faithfulness run's summary.
 """
 
@@ -511,8 +512,21 @@ def faithfulness_baseline(dataset: str) -> str:
 
 # ---------------------------------------------------------------------- views and variants (CoDEx-S)
 
-#: The cells run with every explanation view and scoring variant (``--suite views``), paired retrain.
-VIEW_CELLS = {"codexs_complex": "ComplEx", "codexs_conve": "ConvE", "codexs_transe": "TransE"}
+#: The cells run with every explanation view and scoring variant (``--suite views``), paired retrain:
+#: CoDEx-S (result ``<cell>_paired.json``), and the best views on the cheapest of the cells above
+#: (``<cell>_views_paired.json``, scoring variants left out).
+VIEW_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
+    "codexs": ("_paired", {"codexs_complex": "ComplEx", "codexs_conve": "ConvE", "codexs_transe": "TransE"}),
+    "published": (
+        "_views_paired",
+        {
+            "fb15k237_transe": "FB15k-237 TransE",
+            "fb15k237_complex": "FB15k-237 ComplEx",
+            "wn18rr_transe": "WN18RR TransE",
+        },
+    ),
+}
+VIEW_CELLS = {cell: name for _, cells in VIEW_GROUPS.values() for cell, name in cells.items()}
 #: Their explainers in the order shown, with what each removes.
 VIEW_ROWS = {
     "supporting": "supporting facts (other relations, touching h or t), TracIn: the default view",
@@ -530,14 +544,20 @@ VIEW_ROWS = {
 }
 
 
-def view_cells() -> dict[str, dict[str, Any]]:
-    """The views-suite result JSONs that exist, by cell (a missing cell is left out of the tables)."""
+def view_cells(group: str = "codexs") -> dict[str, dict[str, Any]]:
+    """The views-suite result JSONs of ``group`` that exist, by cell (a missing cell is left out)."""
+    if group not in VIEW_GROUPS:
+        raise ResultError(f"unknown group of views-suite cells {group!r}: one of {sorted(VIEW_GROUPS)}")
+    suffix, cells = VIEW_GROUPS[group]
     folder = EXPERIMENTS / "necessary_explanations" / "results"
-    return {
-        cell: _load(folder / f"{cell}_paired.json")
-        for cell in VIEW_CELLS
-        if (folder / f"{cell}_paired.json").is_file()
+    found = {
+        cell: _load(folder / f"{cell}{suffix}.json")
+        for cell in cells
+        if (folder / f"{cell}{suffix}.json").is_file()
     }
+    if not found:
+        raise ResultError(f"experiments/necessary_explanations/results/*{suffix}.json of {group}: missing")
+    return found
 
 
 def _delta(result: dict[str, Any], name: str) -> str:
@@ -547,11 +567,9 @@ def _delta(result: dict[str, Any], name: str) -> str:
     return f"{signed(entry['delta']['mrr'], 3)} ({signed(entry['delta']['h@1'], 2)})"
 
 
-def views_table() -> str:
+def views_table(group: str = "codexs") -> str:
     """ΔMRR (ΔH@1) of every view, variant and baseline at k = 1 and the matched k, one column per model."""
-    cells = view_cells()
-    if not cells:
-        raise ResultError("experiments/necessary_explanations/results/codexs_*_paired.json: missing")
+    cells = view_cells(group)
     ks = sorted({k for result in cells.values() for k in (1, _k(result))})
     rows = [
         ["no removal, other seed (noise floor)", "", *(_delta(r, "noise") for r in cells.values())],
@@ -566,10 +584,10 @@ def views_table() -> str:
     return table(header, ["---", "---:"] + ["---:"] * len(cells), rows)
 
 
-def views_base() -> str:
+def views_base(group: str = "codexs") -> str:
     """Each views-suite cell's base model against the published one."""
     rows = []
-    for cell, result in view_cells().items():
+    for cell, result in view_cells(group).items():
         quality, published, config = result["base"]["quality"], result["published_model"], result["config"]
         rows.append(
             [
@@ -595,10 +613,10 @@ def views_base() -> str:
     return table(header, ["---", "---", "---:", "---:", "---:", "---:", "---"], rows)
 
 
-def views_goals() -> str:
+def views_goals(group: str = "codexs") -> str:
     """The default view against random-head and Data Poisoning at the matched k, per model."""
     rows = []
-    for cell, result in view_cells().items():
+    for cell, result in view_cells(group).items():
         k = _k(result)
         default = _mrr(result, f"supporting@k={k}")
         random_head = _mrr(result, f"random-head@k={k}")
