@@ -63,3 +63,17 @@ def test_views_need_the_matrix(tmp_path: Path) -> None:
         tl.InfluenceWriter(output_dir=str(tmp_path / "a"), views=["supporting"])
     with pytest.raises(TracInInputError, match=r"writer\.views"):
         tl.InfluenceWriter(output_dir=str(tmp_path / "b"), views=["nonsense"], save_matrix=True)
+
+
+def test_view_options_in_the_writer(tmp_path: Path) -> None:
+    """``writer.views`` entries carry a view's options (``paths:max_length=2,directed=true``), as YAML
+    reads them in block style or quoted (a colon without a space is part of the name; in an unquoted
+    flow list the comma would end the entry)."""
+    block = yaml.safe_load("views:\n  - paths:max_length=2,directed=true\n")["views"]
+    (name,) = yaml.safe_load('views: ["paths:max_length=2,directed=true"]')["views"]
+    assert block == [name]
+    writer = tl.InfluenceWriter(output_dir=str(tmp_path / "a"), views=[name], save_matrix=True)
+    (view,) = writer.views
+    assert (view.name, view.max_length, view.directed) == ("paths", 2, True)  # type: ignore[attr-defined]
+    with pytest.raises(TracInInputError, match=r"writer\.views: .*'max_length' is not KEY=VALUE"):
+        tl.InfluenceWriter(output_dir=str(tmp_path / "b"), views=["paths:max_length"], save_matrix=True)
