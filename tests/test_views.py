@@ -257,7 +257,7 @@ def test_directed_paths_are_networkx_simple_paths(seed: int) -> None:
         got = simple_paths(edges, source, target, max_length=4, max_paths=10**6, directed=True)
         assert {rows for rows, _ in got} == expected
         for rows, nodes in got:  # each fact taken head -> tail
-            assert all(train[row, 0] == nodes[k] and train[row, 2] == nodes[k + 1] for k, row in enumerate(rows))
+            assert all(train[row, 0] == a and train[row, 2] == b for row, a, b in zip(rows, nodes, nodes[1:]))
 
 
 def test_view_options_in_the_name() -> None:

@@ -460,9 +460,10 @@ def by_influence(
     """Paths by descending ``mean``, ``min`` or ``sum`` of their edges' influence ``scores`` (float64).
 
     Ties: ``length`` (shorter first, then enumeration order) or ``rows`` (shorter first, then the
-    paths' training rows compared as tuples: the paths view's rule). The view sums float32 scores in Python floats; on the
-    same float32 values cast to float64 this sums in the same order (paths are shorter than numpy's
-    pairwise blocks), so ``ties="rows"`` reproduces the view's order exactly (tested).
+    paths' training rows compared as tuples: the paths view's rule). The view sums float32 scores in
+    Python floats; on the same float32 values cast to float64 this sums in the same order (paths are
+    shorter than numpy's pairwise blocks), so ``ties="rows"`` reproduces the view's order exactly
+    (tested).
     """
     if not paths:
         return []
