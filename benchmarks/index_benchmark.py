@@ -18,7 +18,9 @@ Sections (``--section``):
   triples with ``--like-dataset fb15k237``): the full exact pass, the index built under the budget
   ``--max-size`` (its one-line summary says which form and why), its size, query latency and
   agreement with the full pass on 100 test triples; ``--like-full-size N`` adds the sizes a build of
-  ``N`` triples would have under ``--like-full-budget`` (from the gradient shapes).
+  ``N`` triples would have under ``--like-full-budget`` (from the gradient shapes);
+  ``--like-memory 12GB`` also times queries with the streamed parts held in memory (up to that size),
+  ``--like-skip-full`` leaves out the full passes (and so the build ratio and the agreement).
 
 Examples::
 
@@ -284,12 +286,14 @@ def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                            "checkpoints": args.checkpoints, "max_size": args.max_size,
                            "load_before": os.getloadavg()}  # fmt: skip
     kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size, loss=args.loss)
-    start = time.perf_counter()
-    full = compute_influence(model, train, test, **kw)
-    out["full_pass_100_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    compute_influence(model, train, test[:1], **kw)
-    out["full_pass_1_s"] = time.perf_counter() - start
+    full = None
+    if not args.like_skip_full:
+        start = time.perf_counter()
+        full = compute_influence(model, train, test, **kw)
+        out["full_pass_100_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        compute_influence(model, train, test[:1], **kw)
+        out["full_pass_1_s"] = time.perf_counter() - start
     folder = work / "like"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
@@ -301,8 +305,12 @@ def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["exact_bytes_predicted"] = index.manifest["form"]["exact_bytes"]
     found = latency(index, test[: args.conve_queries])
     out.update(found)
-    out.update({f"vs_full_{k}": v for k, v in agreement(full, index.influence(test)).items()
-                if not isinstance(v, list)})  # fmt: skip
+    for budget in args.like_memory:  # the streamed parts held in memory up to this many bytes
+        held = InfluenceIndex.open(folder, memory_bytes=parse_size(budget))
+        out.update({f"memory_{budget}_{k}": v for k, v in latency(held, test[: args.conve_queries]).items()})
+    if full is not None:
+        out.update({f"vs_full_{k}": v for k, v in agreement(full, index.influence(test)).items()
+                    if not isinstance(v, list)})  # fmt: skip
     if args.like_full_size:  # the form a build of all ``--like-full-size`` triples would choose
         out.update(analytic_form(model, states, train, args, int(args.like_full_size)))
     out["load_after"] = os.getloadavg()
@@ -463,6 +471,11 @@ def main() -> None:
     parser.add_argument("--like-full-size", type=int, default=None,
                         help="also print the form a build of N triples would choose")  # fmt: skip
     parser.add_argument("--like-full-budget", default=None, help="its budget (default --max-size)")
+    parser.add_argument("--like-skip-full", action="store_true",
+                        help="like section: no full exact pass (no build ratio, no agreement)")  # fmt: skip
+    parser.add_argument("--like-memory", nargs="*", default=[],
+                        help="like section: also time queries with the streamed parts held in memory "
+                        "up to each of these sizes (e.g. 12GB)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("index_benchmark.json"))
     parser.add_argument("--child", choices=["build", "query"], help=argparse.SUPPRESS)
