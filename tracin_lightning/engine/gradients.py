@@ -16,13 +16,15 @@ says which parameter takes which path, and is checked once against plain autogra
 shallow copy of the user's module tree (:func:`~tracin_lightning.engine.batchnorm.engine_copy`), so
 its hooks and its eval-mode BatchNorm never touch the user's modules.
 
-When no parameter is dense (e.g. DistMult, ComplEx, TransE, RotatE: embedding tables only), the
-per-sample gradients need no ``vmap``: each sample's loss depends on its own calls' outputs alone, so
-one ordinary backward of the batch's *summed* loss with respect to batch-shaped probes gives every
-sample's gradient at its own outputs, the same numbers ``vmap`` gives, at the cost of one plain
-training step without the table's scatter. That independence is the model's, not the engine's, so it
-is checked once, on the first batch of several samples, against the same pass run one sample at a
-time; a model that mixes samples (or a module left in training mode) keeps ``vmap``.
+Usually the per-sample gradients need no ``vmap``: each sample's loss depends on its own calls'
+outputs alone, so one ordinary backward of the batch's *summed* loss with respect to batch-shaped
+probes gives every sample's gradient at its own outputs, the same numbers ``vmap`` gives, at the cost
+of one plain training step without the table's scatter. Dense parameters owned by a convolution,
+eval-mode BatchNorm or linear layer (ConvE's) get their per-sample gradients in closed form from the
+same backward (:mod:`~tracin_lightning.engine.layers`). That independence is the model's, not the
+engine's, so it is checked once, on the first batch of several samples, against the same pass run
+one sample at a time with the dense parameters differentiated by plain autograd; a model that mixes
+samples, a module left in training mode, or a dense parameter no such layer owns keeps ``vmap``.
 """
 
 from __future__ import annotations
