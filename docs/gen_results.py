@@ -570,16 +570,18 @@ def _delta(result: dict[str, Any], name: str) -> str:
 def views_table(group: str = "codexs") -> str:
     """ΔMRR (ΔH@1) of every view, variant and baseline at k = 1 and the matched k, one column per model."""
     cells = view_cells(group)
-    ks = sorted({k for result in cells.values() for k in (1, _k(result))})
+    # k = 1 and each cell's own matched k (cells may differ in it) on one row each
+    matched = " / ".join(dict.fromkeys(str(_k(r)) for r in cells.values()))
     rows = [
         ["no removal, other seed (noise floor)", "", *(_delta(r, "noise") for r in cells.values())],
         ["no removal, same seed (must be 0)", "", *(_delta(r, "repeat") for r in cells.values())],
     ]
     for name, label in VIEW_ROWS.items():
-        for k in ks:
-            if all(f"{name}@k={k}" not in r["removal_sets"] for r in cells.values()):
+        for shown, k_of in (("1", lambda r: 1), (matched, _k)):
+            names = [f"{name}@k={k_of(r)}" for r in cells.values()]
+            if all(n not in r["removal_sets"] for n, r in zip(names, cells.values())):
                 continue
-            rows.append([label, str(k), *(_delta(r, f"{name}@k={k}") for r in cells.values())])
+            rows.append([label, shown, *(_delta(r, n) for n, r in zip(names, cells.values()))])
     header = ["explainer", "k", *(f"{VIEW_CELLS[c]}: ΔMRR (ΔH@1)" for c in cells)]
     return table(header, ["---", "---:"] + ["---:"] * len(cells), rows)
 
