@@ -6,7 +6,8 @@
   the generic adapter; ``adapters.pykeen``: PyKEEN's.
 - ``plan``: parameter selection and the exact path each parameter takes (``GradientPlan``).
 - ``probes``: zero probes on lookups, linear layers and 1-N scores, as forward hooks.
-- ``batchnorm``: the engine's shallow copy of the module tree, with eval BatchNorm as an affine map under vmap.
+- ``batchnorm``: the engine's shallow copy of the module tree, with eval BatchNorm as an affine map
+  under vmap.
 - ``gradients``: ``PerSampleGradients``: one batched backward or vmap(grad) over the probes, and
   assembly of the reduced form.
 - ``layers``: per-sample gradients of convolution, BatchNorm and linear layers from a batched backward.
