@@ -127,6 +127,20 @@ def plain_epoch(model: torch.nn.Module, train: torch.Tensor, batch_size: int) ->
     return time.perf_counter() - start
 
 
+def full_passes(
+    model: torch.nn.Module, train: torch.Tensor, test: torch.Tensor, **kw: Any
+) -> tuple[Any, dict[str, float]]:
+    """The full exact pass for ``test`` (at most 100 triples) and for one test triple, timed."""
+    from tracin_lightning.functional import compute_influence
+
+    start = time.perf_counter()
+    full = compute_influence(model, train, test, **kw)
+    hundred = time.perf_counter() - start
+    start = time.perf_counter()
+    compute_influence(model, train, test[:1], **kw)
+    return full, {"full_pass_100_s": hundred, "full_pass_1_s": time.perf_counter() - start}
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -157,7 +171,6 @@ def latency(index: Any, test: torch.Tensor, k: int = 10) -> dict[str, float]:
 
 
 def section_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
 
     factory, train, test = load_fb15k(args.train)
@@ -174,12 +187,8 @@ def section_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         epoch.append(plain_epoch(model, train, args.batch_size))
     out["plain_epoch_s"] = epoch[0]
     out["plain_epochs_all_checkpoints_s"] = sum(epoch)
-    start = time.perf_counter()
-    full = compute_influence(model, train, test, **kw)
-    out["full_pass_100_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    compute_influence(model, train, test[:1], **kw)
-    out["full_pass_1_s"] = time.perf_counter() - start
+    full, timed = full_passes(model, train, test, **kw)
+    out.update(timed)
     folder = work / "rows"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
@@ -205,7 +214,6 @@ def agreement(exact: torch.Tensor, approx: torch.Tensor) -> dict[str, float]:
 
 
 def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
 
     factory, train, test = load_fb15k(args.train)
@@ -221,12 +229,8 @@ def section_conve(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         model.load_state_dict(state)
         epoch.append(plain_epoch(model, train, args.conve_batch_size))
     out["plain_epoch_s"], out["plain_epochs_all_checkpoints_s"] = epoch[0], sum(epoch)
-    start = time.perf_counter()
-    full = compute_influence(model, train, test[:100], **kw)
-    out["full_pass_100_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    compute_influence(model, train, test[:1], **kw)
-    out["full_pass_1_s"] = time.perf_counter() - start
+    full, timed = full_passes(model, train, test[:100], **kw)
+    out.update(timed)
     answers = {}
     for mode, dim in (("exact", None), ("projected", args.projection_dim)):
         folder = work / f"conve-{mode}"
@@ -274,7 +278,6 @@ def graph_like(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.Tenso
 
 def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """ConvE on the user's graph shape (or FB15k-237): budgeted index against the full exact pass."""
-    from tracin_lightning.functional import compute_influence
     from tracin_lightning.index import InfluenceIndex, build_index
     from tracin_lightning.index.query import agreement
 
@@ -288,12 +291,8 @@ def section_like(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     kw = dict(checkpoints=states, learning_rates=rates, batch_size=args.conve_batch_size, loss=args.loss)
     full = None
     if not args.like_skip_full:
-        start = time.perf_counter()
-        full = compute_influence(model, train, test, **kw)
-        out["full_pass_100_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        compute_influence(model, train, test[:1], **kw)
-        out["full_pass_1_s"] = time.perf_counter() - start
+        full, timed = full_passes(model, train, test, **kw)
+        out.update(timed)
     folder = work / "like"
     shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
