@@ -423,6 +423,15 @@ class Rankings:
             rows = rows[self.relation[rows] != self.data.treats_id]
         return rng.permutation(rows).tolist()
 
+    def reachable(self, length: int) -> dict[str, float]:
+        """Per part, the share of held-out indications whose mechanism (or a drug-to-disease sub-path of
+        it) is among their directed paths of at most ``length`` edges: the ceiling of path_hit@k."""
+        found = [
+            any(set(path) <= self.expected[i] for path in self.paths(i, length))
+            for i in range(len(self.data.heldout))
+        ]
+        return {part: float(np.mean(found[rows])) for part, rows in self.data.parts.items()}
+
     def by_score(self, scores: Tensor, mask: Tensor | None = None) -> list[int]:
         """Training rows by descending score (ties: lower row first), only those in ``mask``."""
         order = torch.argsort(-scores.double(), stable=True)
@@ -675,6 +684,9 @@ def run(
             "valid": settings.num_valid,
             "test": settings.num_test,
             "mechanism_edges_per_heldout_mean": float(np.mean(expected_sizes)),
+            "mechanism_path_reachable": {
+                f"L{length}": rankings.reachable(length) for length in settings.path_lengths
+            },
             "candidates_per_heldout_mean": {
                 name: float(mask.sum(1).float().mean()) for name, mask in rankings.candidates.items()
             },

@@ -97,6 +97,14 @@ def test_smoke_run_writes_results_and_resumes_from_its_cache(tmp_path: Path) -> 
                 metrics = methods[name][part]
                 assert 0.0 <= metrics["on_path@10"] <= metrics["hit@10"] <= 1.0
         assert model["chosen_on_valid"]["edges"] in methods
+        directed = [n for n in methods if "directed" in n and "undirected" not in n]
+        assert len(directed) > 10
+        for name in directed:  # no ranking of directed paths beats the paths it ranks
+            method, length = methods[name], name.rsplit("_L", 1)[1]
+            if "path_hit@10" in method["test"]:
+                for part in ("valid", "test"):
+                    ceiling = graph["mechanism_path_reachable"][f"L{length}"][part]
+                    assert method[part]["path_hit@10"] <= ceiling + 1e-12
         assert "path_hit@10" in methods[model["chosen_on_valid"]["paths"]]["test"]
     cached = sorted(tmp_path.glob("cache/*/model.pt"))
     stamps = [path.stat().st_mtime_ns for path in cached]
