@@ -92,7 +92,10 @@ def sweep(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             line: dict[str, Any] = {
                 "dataset": config.dataset,
                 "model": config.model,
+                "embedding_dim": config.embedding_dim,
+                "batch_size": config.batch_size,
                 "lr": config.lr,
+                "label_smoothing": config.label_smoothing,
                 "loss": config.loss,
                 "loop": config.loop,
                 "model_kwargs": config.model_kwargs,
