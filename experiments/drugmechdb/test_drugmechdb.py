@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +80,23 @@ def test_directed_simple_paths() -> None:
     assert paths == {(0, 3), (1, 5), (2,), (0, 4, 5)}
     assert set(benchmark.simple_paths(out_edges, into, 0, 3, 2)) == {(0, 3), (1, 5), (2,)}
     assert list(benchmark.simple_paths(out_edges, into, 3, 0, 3)) == []
+
+
+def test_paths_by_degree_weighted_path_count() -> None:
+    # edges (rows) as (head, tail); node 5 is the hub (degree 5)
+    ends = np.array([(0, 1), (1, 9), (0, 5), (5, 9), (0, 2), (2, 3), (3, 9), (5, 6), (5, 7), (5, 8)])
+    degree = np.bincount(ends.ravel())
+    paths = [(2, 3), (0, 1), (4, 5, 6)]
+    ranked = benchmark.by_degree(paths, ends, degree)
+
+    def dwpc(path: tuple[int, ...], damping: float) -> float:  # Hetionet's definition, one path
+        return float(np.prod([(degree[u] * degree[v]) ** -damping for u, v in ends[list(path)]]))
+
+    for damping in (0.1, 0.4, 1.0):  # the order of the path count for any damping
+        assert ranked == sorted(paths, key=lambda path: -dwpc(path, damping))
+    assert ranked[-1] == (2, 3)  # through the hub
+    flat = np.ones(10, dtype=int)
+    assert benchmark.by_degree([(1,), (0,)], ends, flat) == [(1,), (0,)]  # ties: the given order
 
 
 def test_smoke_run_writes_results_and_resumes_from_its_cache(tmp_path: Path) -> None:
