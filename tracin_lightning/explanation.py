@@ -58,7 +58,8 @@ COLUMNS = (
     "train_ids",
 )
 
-#: The view :func:`explain` uses when none is named (chosen on DrugMechDB's validation indications).
+#: The view :func:`explain` uses when none is named: of the views that answer on any graph, the best on
+#: DrugMechDB's validation indications.
 DEFAULT_VIEW = "supporting"
 
 
@@ -153,8 +154,9 @@ def explain(
             are not known). Default: the pipeline result's training factory.
         view: which facts may explain a prediction and how they are ranked
             (:mod:`~tracin_lightning.views`): ``supporting`` (default: facts of other relations that
-            touch the head or tail, the view that recovered curated drug mechanisms best on held-out
-            indications, see the explanation-views guide), ``analogies`` (facts of the same
+            touch the head or tail; of the views that answer on any graph, the one that recovered
+            curated drug mechanisms best on held-out indications, see the explanation-views guide),
+            ``analogies`` (facts of the same
             relation), ``paths`` (head-to-tail paths ranked by their facts' influence), ``all``
             (plain TracIn over every training fact), a name with options (for drug-mechanism
             questions ``"paths:max_length=6,aggregate=min,directed=true"`` with
