@@ -522,7 +522,7 @@ VIEW_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "fb15k237_transe": "FB15k-237 TransE",
             "fb15k237_complex": "FB15k-237 ComplEx",
-            "wn18rr_transe": "WN18RR TransE",
+            "wn18rr_complex": "WN18RR ComplEx",
         },
     ),
 }
