@@ -286,7 +286,7 @@ def train_model(
             checkpoint_frequency=0,  # minutes: 0 saves after every epoch
             callbacks=[saver],
         )
-    seconds = time.perf_counter() - started  # of this sitting only, when it resumed an earlier one
+    seconds = time.perf_counter() - started  # of this run only, when it resumed an earlier one
     model.eval()
     _atomic_save(model.state_dict(), final)
     _atomic_write(record, json.dumps({"seconds": seconds, "load_average": list(os.getloadavg())}) + "\n")
