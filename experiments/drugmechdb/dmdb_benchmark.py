@@ -378,8 +378,7 @@ class Rankings:
         row_of = {tuple(triple): row for row, triple in enumerate(train)}
         self.num_train = len(train)
         self.relation = data.train[:, 1].numpy()
-        self.ends = data.train[:, [0, 2]].numpy()
-        self.degree = np.bincount(self.ends.ravel(), minlength=data.factory.num_entities)
+        self.edge_log_degree = edge_log_degrees(data.train[:, [0, 2]].numpy(), data.factory.num_entities)
         entity_to_id, relation_to_id = data.factory.entity_to_id, data.factory.relation_to_id
         self.incident: dict[int, list[int]] = defaultdict(list)
         self.out_edges: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -457,15 +456,21 @@ def shortest_first(paths: list[tuple[int, ...]], rng: np.random.Generator) -> li
     return sorted((paths[j] for j in order), key=len)
 
 
-def by_degree(paths: list[tuple[int, ...]], ends: np.ndarray, degree: np.ndarray) -> list[tuple[int, ...]]:
+def edge_log_degrees(ends: np.ndarray, num_entities: int) -> np.ndarray:
+    """``log deg(u) + log deg(v)`` of each edge ``(u, v)`` of ``ends``, degrees counted in ``ends``."""
+    degree = np.bincount(ends.ravel(), minlength=num_entities).astype(np.float64)
+    return np.log(degree[ends]).sum(1)
+
+
+def by_degree(paths: list[tuple[int, ...]], edge_log_degree: np.ndarray) -> list[tuple[int, ...]]:
     """Paths by ascending product of their edges' endpoint degrees (ties: enumeration order).
 
     The order of Hetionet's degree-weighted path count of each path (Himmelstein and Baranzini 2015:
     the product of ``(deg(u) deg(v)) ** -w`` over its edges, for any damping ``w > 0``), with total
     degrees in the training graph instead of degrees per edge type: paths through hubs come last.
+    ``edge_log_degree``: :func:`edge_log_degrees` of the training edges.
     """
-    logs = np.log(degree[ends].astype(np.float64)).sum(1)  # log deg(u) + log deg(v) per edge
-    keys = [float(sum(logs[row] for row in path)) for path in paths]
+    keys = [float(sum(edge_log_degree[row] for row in path)) for path in paths]
     return [paths[j] for j in sorted(range(len(paths)), key=keys.__getitem__)]
 
 
@@ -640,7 +645,7 @@ def evaluate(
                         ranked = order(paths, rng)
                         add(f"{name}_{kind}_paths_L{length}", i, edges_of(ranked), ranked)
         for length in settings.path_lengths:
-            ranked = by_degree(rankings.paths(i, length), rankings.ends, rankings.degree)
+            ranked = by_degree(rankings.paths(i, length), rankings.edge_log_degree)
             add(f"degree_weighted_directed_paths_L{length}", i, edges_of(ranked), ranked)
     for loss, matrix in matrices.items():
         for i in range(count):
