@@ -156,10 +156,9 @@ def explain(
             (:mod:`~tracin_lightning.views`): ``supporting`` (default: facts of other relations that
             touch the head or tail; of the views that answer on any graph, the one that recovered
             curated drug mechanisms best on held-out indications, see the explanation-views guide),
-            ``analogies`` (facts of the same
-            relation), ``paths`` (head-to-tail paths ranked by their facts' influence), ``all``
-            (plain TracIn over every training fact), a name with options (for drug-mechanism
-            questions ``"paths:max_length=6,aggregate=min,directed=true"`` with
+            ``analogies`` (facts of the same relation), ``paths`` (head-to-tail paths ranked by their
+            facts' influence), ``all`` (plain TracIn over every training fact), a name with options
+            (for drug-mechanism questions ``"paths:max_length=6,aggregate=min,directed=true"`` with
             ``variant="head-local"`` and ``loss="bce"`` did best on the DrugMechDB benchmark), a view
             object, or a list of views side by side.
         variant: the influence score: ``tracin`` (None, the default), ``cosine``, ``relatif``,
